@@ -1,0 +1,133 @@
+"""Model registry and model cards.
+
+Every family module registers its variants here with :func:`register_model`. Names are normalised
+(case-insensitive, ``_`` accepted for ``-``) so ``S2AFormer_T`` and ``s2aformer-t`` are the same model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UnknownModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ReportedFigures:
+    """What the source paper reports for one variant (no value is ours).
+
+    ``macs_convention`` says what the paper's MAC counter included, so tests compare like with like:
+    ``"conv+linear"`` (thop-style, only convolutions and linear layers) or ``"all"``
+    (every matmul, attention and custom op included).
+    """
+
+    params_m: float | None = None
+    gmacs: float | None = None
+    top1: float | None = None
+    input_size: int = 224
+    macs_convention: str = "conv+linear"
+    # throughput figures in images/s keyed by a label such as "gpu_h100", "cpu_xeon_6426y", "onnx"
+    throughput: dict[str, float] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything a deployer needs to know about a variant before building it."""
+
+    name: str
+    family: str
+    variant: str
+    paper: str
+    paper_url: str
+    architecture: str  # "official" (matches released code) or "reconstruction" (from the paper + spec)
+    input_size: tuple[int, int] = (224, 224)
+    input_multiple: int = 32  # input height/width must be a multiple of this
+    min_input_size: int = 32
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_classes: int = 1000
+    reported: ReportedFigures = field(default_factory=ReportedFigures)
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    card: ModelCard
+    builder: Callable[..., nn.Module]
+
+
+_REGISTRY: dict[str, RegistryEntry] = {}
+
+
+def normalize_name(name: str) -> str:
+    """Canonical registry key: lower case, ``_`` and spaces turned into ``-``."""
+    return name.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+def register_model(card: ModelCard, builder: Callable[..., nn.Module]) -> None:
+    """Add a variant; ``builder(**overrides)`` must return the model with random weights."""
+    key = normalize_name(card.name)
+    if key != card.name:
+        raise ValueError(f"model card name {card.name!r} is not in canonical form {key!r}")
+    if key in _REGISTRY:
+        raise ValueError(f"model {key!r} is registered twice")
+    _REGISTRY[key] = RegistryEntry(card, builder)
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Registered model names in registration order, optionally of one family."""
+    fam = family.lower() if family else None
+    return [k for k, e in _REGISTRY.items() if fam is None or e.card.family.lower() == fam]
+
+
+def resolve_name(name: str) -> str:
+    """Return the canonical name or raise :class:`UnknownModelError` with close matches."""
+    key = normalize_name(name)
+    if key in _REGISTRY:
+        return key
+    close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `edgevit list` to see all models."
+    raise UnknownModelError(f"unknown model {name!r}; {hint}")
+
+
+def get_model_card(name: str) -> ModelCard:
+    return _REGISTRY[resolve_name(name)].card
+
+
+def create_model(
+    name: str,
+    weights: str | None = None,
+    *,
+    features_only: bool = False,
+    seed: int = 0,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model in eval mode.
+
+    Random weights are drawn from a fixed ``seed`` so that a model exported without a checkpoint can be
+    rebuilt bit-identically later (``edgevit verify`` relies on this). ``weights`` loads a local
+    checkpoint; ``features_only`` returns the four stage feature maps (strides 4/8/16/32) instead of
+    logits and drops the classifier.
+    """
+    entry = _REGISTRY[resolve_name(name)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = entry.builder(features_only=features_only, **overrides)
+    model.card = entry.card  # type: ignore[assignment]
+    if weights is not None:
+        from .checkpoint import load_checkpoint
+
+        load_checkpoint(model, weights)
+    return model.eval()
