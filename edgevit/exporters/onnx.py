@@ -1,0 +1,100 @@
+"""ONNX export through the ``torch.export``-based exporter (``dynamo=True``), then optional onnxslim.
+
+The exporter writes exactly what it is given to the path it is given; atomic placement and parity
+verification are the caller's (``edgevit.pipeline``), so a Python user can export without verifying.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from ..artifact import ArtifactMetadata
+from ..errors import EdgevitError
+from .transforms import fold_batchnorm
+
+DEFAULT_OPSET = 18
+INPUT_NAME = "input"
+
+
+@dataclass(frozen=True)
+class OnnxExportOptions:
+    input_size: tuple[int, int] = (224, 224)
+    batch: int = 1
+    dynamic_batch: bool = False
+    opset: int = DEFAULT_OPSET
+    simplify: bool = True
+
+
+def _quiet_exporter() -> None:
+    # The exporter warns about every torchvision op it cannot register; edgevit never uses torchvision.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, metadata: ArtifactMetadata) -> Path:
+    """Export ``model`` (eval mode, BatchNorm folded) to ``path`` with named I/O and edgevit metadata."""
+    _quiet_exporter()
+    if options.batch < 1:
+        raise EdgevitError(f"batch must be >= 1, got {options.batch}")
+    model = fold_batchnorm(model)
+    output_names = list(getattr(model, "output_names", ["output"]))
+    example = torch.zeros(options.batch if not options.dynamic_batch else 2, 3, *options.input_size)
+    dynamic_shapes = None
+    if options.dynamic_batch:
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=output_names,
+                opset_version=options.opset,
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:
+        if isinstance(exc, EdgevitError):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgevitError(f"ONNX export failed at opset {options.opset}: {first}") from exc
+    proto = program.model_proto
+    if options.simplify:
+        proto = _simplify(proto)
+    proto.producer_name = "edgevit"
+    props = metadata.to_props()
+    props["edgevit.opset"] = str(options.opset)
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    path = Path(path)
+    onnx.save(proto, str(path))
+    return path
+
+
+def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant-fold and fuse with onnxslim; a graph it cannot handle is kept as exported."""
+    import onnxslim
+
+    try:
+        return onnxslim.slim(proto)
+    except Exception as exc:  # onnxslim is an optimisation, never a reason to fail an export
+        warnings.warn(f"onnxslim could not simplify the graph ({exc}); keeping the exported graph", stacklevel=2)
+        return proto
+
+
+def read_metadata(path: str | Path) -> ArtifactMetadata | None:
+    """Edgevit metadata of an ONNX file (without loading its weights)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props})

@@ -1,0 +1,81 @@
+"""One interface over every inference runtime.
+
+``load(source, backend=None)`` returns a :class:`Runner`. ``source`` is an ``nn.Module`` or registry name
+(torch backend) or an artifact path whose suffix picks the backend unless ``backend`` is given. New
+backends (OpenVINO, TensorRT) register themselves with :func:`register_backend`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ArtifactError, BackendUnavailableError, EdgevitError
+from .base import Runner, RunnerInfo, TensorSpec
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    module: str  # imported lazily: a missing optional package only matters when its backend is used
+    factory: str
+    suffixes: tuple[str, ...]
+    package: str  # the pip package that provides the runtime
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    _BACKENDS[backend.name] = backend
+
+
+register_backend(Backend("torch", "edgevit.runtimes.torch_backend", "TorchRunner", (), "torch"))
+register_backend(Backend("onnxruntime", "edgevit.runtimes.onnxruntime_backend", "OnnxRuntimeRunner",
+                         (".onnx",), "onnxruntime"))
+
+
+def backends() -> list[str]:
+    return list(_BACKENDS)
+
+
+def _factory(name: str) -> Callable[..., Runner]:
+    if name not in _BACKENDS:
+        raise EdgevitError(f"unknown runtime {name!r}; choose one of {', '.join(_BACKENDS)}")
+    b = _BACKENDS[name]
+    try:
+        module = importlib.import_module(b.module)
+    except ImportError as exc:
+        raise BackendUnavailableError(f"runtime {name!r} needs the {b.package!r} package: pip install {b.package}") from exc
+    return getattr(module, b.factory)
+
+
+def backend_for_path(path: Path) -> str:
+    for b in _BACKENDS.values():
+        if path.suffix.lower() in b.suffixes:
+            return b.name
+    known = sorted({s for b in _BACKENDS.values() for s in b.suffixes})
+    raise ArtifactError(f"cannot tell the runtime for {str(path)!r}; expected a file ending in {', '.join(known)} "
+                        "or pass --runtime")
+
+
+def load(source: nn.Module | str | Path, backend: str | None = None, **options: Any) -> Runner:
+    """Load a model or artifact into a runner; ``options`` go to the backend (e.g. ``threads``)."""
+    if isinstance(source, nn.Module):
+        return _factory(backend or "torch")(source, **options)
+    path = Path(source)
+    if backend is None and not path.suffix:
+        backend = "torch"  # a registry name such as "s2aformer-t"
+    if backend == "torch" and not path.suffix:
+        return _factory("torch")(str(source), **options)
+    if not path.exists():
+        raise ArtifactError(f"artifact {str(path)!r} does not exist; export one with `edgevit export`")
+    return _factory(backend or backend_for_path(path))(path, **options)
+
+
+__all__ = ["Backend", "Runner", "RunnerInfo", "TensorSpec", "backends", "load", "register_backend"]

@@ -1,0 +1,79 @@
+"""The runtime interface: every backend is a :class:`Runner` taking and returning numpy arrays."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..artifact import ArtifactMetadata
+from ..errors import InputShapeError
+
+Dim = int | str  # a string names a dynamic axis (e.g. "batch")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"
+
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.shape) and all(
+            not isinstance(d, int) or d == s for d, s in zip(self.shape, shape)
+        )
+
+
+@dataclass
+class RunnerInfo:
+    """What actually runs, for reports: the precision really used and the device/provider."""
+
+    backend: str
+    precision: str = "fp32"
+    device: str = "cpu"
+    threads: int | None = None
+    details: dict[str, str] = field(default_factory=dict)
+
+
+class Runner(ABC):
+    """A loaded model ready for inference.
+
+    ``run`` accepts one array (for single-input models) or a name->array mapping and returns outputs
+    by name, in the order of ``outputs``.
+    """
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metadata: ArtifactMetadata | None
+    info: RunnerInfo
+
+    @property
+    def backend(self) -> str:
+        return self.info.backend
+
+    def run(self, feeds: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run(self._check_feeds(feeds))
+
+    __call__ = run
+
+    @abstractmethod
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _check_feeds(self, feeds: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if isinstance(feeds, np.ndarray):
+            if len(self.inputs) != 1:
+                raise InputShapeError(f"model takes {len(self.inputs)} inputs; pass a dict keyed by name")
+            feeds = {self.inputs[0].name: feeds}
+        out = {}
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                raise InputShapeError(f"missing input {spec.name!r}; the model takes {[s.name for s in self.inputs]}")
+            arr = np.ascontiguousarray(feeds[spec.name], dtype=spec.dtype)
+            if not spec.accepts(arr.shape):
+                raise InputShapeError(
+                    f"input {spec.name!r} has shape {tuple(arr.shape)}, the {self.backend} model expects {spec.shape}"
+                )
+            out[spec.name] = arr
+        return out

@@ -1,0 +1,90 @@
+"""Parity between an artifact and the PyTorch model it came from.
+
+The metric is the one every issue states: max abs error / max |reference| per output (a scale-free
+relative error, robust to near-zero elements that break element-wise rtol), plus mean error and, for
+logits, top-1 agreement. An output passes when ``max_abs <= atol + rtol * max|reference|``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .runtimes.base import Runner
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    name: str
+    max_abs: float
+    max_ref: float
+    mean_abs: float
+
+    @property
+    def rel(self) -> float:
+        return self.max_abs / self.max_ref if self.max_ref > 0 else (0.0 if self.max_abs == 0 else float("inf"))
+
+    def passes(self, atol: float, rtol: float) -> bool:
+        return bool(self.max_abs <= atol + rtol * self.max_ref)
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    outputs: list[OutputParity]
+    atol: float
+    rtol: float
+    top1_agreement: float | None = None
+    batch: int = 0
+    candidate: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passes(self.atol, self.rtol) for o in self.outputs)
+
+    @property
+    def worst_rel(self) -> float:
+        return max(o.rel for o in self.outputs)
+
+    def summary(self) -> str:
+        worst = max(self.outputs, key=lambda o: o.rel)
+        top1 = f", top-1 agreement {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
+        return (f"max abs {worst.max_abs:.3e}, max rel {worst.rel:.3e} (output {worst.name!r}), "
+                f"mean abs {worst.mean_abs:.3e}{top1}")
+
+
+def seeded_inputs(batch: int, input_size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Standard-normal images, i.e. already mean/std normalised; the same for every runtime."""
+    return np.random.default_rng(seed).standard_normal((batch, 3, *input_size), dtype=np.float32)
+
+
+def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], atol: float,
+                    rtol: float) -> ParityReport:
+    if list(reference) != list(candidate):
+        # names may differ (e.g. an older artifact); outputs are compared in order
+        if len(reference) != len(candidate):
+            raise ValueError(f"output count differs: reference {list(reference)}, artifact {list(candidate)}")
+    results = []
+    for (name, ref), cand in zip(reference.items(), candidate.values()):
+        ref64, cand64 = ref.astype(np.float64), np.asarray(cand).astype(np.float64)
+        if ref64.shape != cand64.shape:
+            raise ValueError(f"output {name!r}: reference shape {ref64.shape} vs artifact shape {cand64.shape}")
+        diff = np.abs(ref64 - cand64)
+        results.append(OutputParity(name, float(diff.max()), float(np.abs(ref64).max()), float(diff.mean())))
+    top1 = None
+    if len(reference) == 1:
+        ref = next(iter(reference.values()))
+        if ref.ndim == 2:
+            cand = np.asarray(next(iter(candidate.values())))
+            top1 = float((ref.argmax(1) == cand.argmax(1)).mean())
+    return ParityReport(results, atol, rtol, top1)
+
+
+def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: tuple[int, int], *,
+                  seed: int = 0, atol: float = 0.0, rtol: float = 1e-4) -> ParityReport:
+    """Run the same seeded batch through both runners and compare every output."""
+    x = seeded_inputs(batch, input_size, seed)
+    report = compare_outputs(reference.run(x), candidate.run(x), atol, rtol)
+    return ParityReport(report.outputs, atol, rtol, report.top1_agreement, batch,
+                        f"{candidate.info.backend} ({candidate.info.precision})", dict(candidate.info.details))
