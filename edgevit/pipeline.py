@@ -155,3 +155,25 @@ def verify(
         raise InputShapeError(f"{str(path)!r} has a fixed batch of {static_batch}; drop --batch or pass {static_batch}")
     n = batch or static_batch or DEFAULT_VERIFY_BATCH
     return verify_runner(reference, runner, n, size, seed=seed, atol=atol, rtol=rtol)
+
+
+def cache_dir() -> Path:
+    """Where benchmark artifacts are kept between runs (``EDGEVIT_CACHE`` overrides)."""
+    import os
+
+    return Path(os.environ.get("EDGEVIT_CACHE", Path.home() / ".cache" / "edgevit"))
+
+
+def cached_onnx(name: str, input_size: tuple[int, int], batch: int) -> Path:
+    """A verified ONNX artifact for (model, size, batch), exported once and reused while the edgevit version
+    and the request match its metadata."""
+    from .exporters.onnx import read_metadata
+
+    name = resolve_name(name)
+    path = cache_dir() / f"{artifact_stem(name, input_size, batch, False)}.onnx"
+    if path.exists():
+        meta = read_metadata(path)
+        if (meta is not None and meta.edgevit_version == __version__ and meta.model == name
+                and tuple(meta.input_size) == tuple(input_size) and meta.batch == batch):
+            return path
+    return export(name, "onnx", path, input_size=input_size, batch=batch).path

@@ -1,0 +1,72 @@
+"""What machine and libraries a benchmark ran on, so a number is never reported without its context."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+
+# ISA extensions that decide which kernels oneDNN/MLAS/OpenVINO pick (and thus the precision they may use).
+INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+                     "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+LIBRARIES = ("edgevit", "torch", "numpy", "onnx", "onnxruntime", "onnxslim", "openvino", "tensorrt")
+
+
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if ":" in line:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return info
+
+
+def cpu_model() -> str:
+    info = _cpuinfo()
+    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+
+
+def isa_flags() -> list[str]:
+    flags = set(_cpuinfo().get("flags", _cpuinfo().get("Features", "")).split())
+    return [f for f in INTERESTING_FLAGS if f in flags]
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def logical_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def collect() -> dict[str, object]:
+    """Environment record stored with every benchmark result."""
+    import torch
+
+    env: dict[str, object] = {
+        "cpu_model": cpu_model(),
+        "isa_flags": isa_flags(),
+        "logical_cores": logical_cores(),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+    return env

@@ -1,0 +1,320 @@
+"""The ``edgevit`` command line: list | info | export | verify | bench.
+
+Tables (rich) are for people, ``--json`` is for scripts. A user error prints one line and exits with 2;
+a failed verification exits with 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import EdgevitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Export, verify and benchmark efficient vision backbones on every runtime.")
+# Piped output (logs, CI) gets a wide console so tables are not truncated to rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USER_ERROR = 2
+EXIT_VERIFY_FAILED = 1
+
+
+def user_errors(fn: F) -> F:
+    """Turn :class:`EdgevitError` into one red line and a non-zero exit instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgevitError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_VERIFY_FAILED if type(exc).__name__ == "VerificationError" else EXIT_USER_ERROR)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _print_json(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"edgevit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    pass
+
+
+@app.command("list")
+@user_errors
+def list_cmd(
+    family: Annotated[str | None, typer.Option(help="Only this family, e.g. S2AFormer.")] = None,
+    measure: Annotated[bool, typer.Option(help="Also build each model and count its params/MACs (slower).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Models in the zoo, with the paper's params/GMACs/top-1 (and ours with --measure)."""
+    from .models import count_macs, count_params, create_model, get_model_card, list_models
+
+    rows = []
+    for name in list_models(family):
+        card = get_model_card(name)
+        row: dict[str, Any] = {"name": name, "family": card.family, "variant": card.variant,
+                               "input_size": list(card.input_size), "architecture": card.architecture,
+                               "paper_params_m": card.reported.params_m, "paper_gmacs": card.reported.gmacs,
+                               "paper_top1": card.reported.top1}
+        if measure:
+            model = create_model(name)
+            macs = count_macs(model, card.input_size)
+            row["params_m"] = round(count_params(model) / 1e6, 3)
+            row["gmacs"] = round(macs.for_convention(card.reported.macs_convention) / 1e9, 3)
+        rows.append(row)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="edgevit model zoo" + (" (ours measured at the default input size)" if measure else ""))
+    table.add_column("model", no_wrap=True)
+    table.add_column("input", no_wrap=True)
+    for col in ("params M\n(paper)", "GMACs\n(paper)", "top-1\n(paper)"):
+        table.add_column(col, justify="right")
+    if measure:
+        table.add_column("params M\n(ours)", justify="right")
+        table.add_column("GMACs\n(ours)", justify="right")
+    table.add_column("architecture", no_wrap=True)
+    fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        cells = [r["name"], "x".join(map(str, r["input_size"])), fmt(r["paper_params_m"], ".2f"),
+                 fmt(r["paper_gmacs"], ".3g"), fmt(r["paper_top1"], ".1f")]
+        if measure:
+            cells += [f"{r['params_m']:.2f}", f"{r['gmacs']:.3f}"]
+        table.add_row(*cells, r["architecture"])
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def info(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
+    input_size: Annotated[str | None, typer.Option(help="H or HxW for the MAC count.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Model card, measured params and MACs (by kind of op) and the paper's figures."""
+    from .models import count_macs, count_params, create_model, get_model_card
+    from .pipeline import parse_input_size
+
+    card = get_model_card(model)
+    size = parse_input_size(input_size, card)
+    net = create_model(card.name)
+    macs = count_macs(net, size)
+    data = card.to_dict()
+    data["measured"] = {"input_size": list(size), "params": count_params(net), "macs_total": macs.total,
+                        "macs_by_kind": macs.by_kind,
+                        "macs_paper_convention": macs.for_convention(card.reported.macs_convention)}
+    if as_json:
+        _print_json(data)
+        return
+    rep = card.reported
+    table = Table(title=f"{card.name} ({card.family} {card.variant})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    ours_macs = data["measured"]["macs_paper_convention"] / 1e9
+    for key, value in [
+        ("paper", f"{card.paper}\n{card.paper_url}"),
+        ("architecture", card.architecture),
+        ("input", f"{card.input_size[0]}x{card.input_size[1]} (multiple of {card.input_multiple})"),
+        ("mean / std", f"{card.mean} / {card.std}"),
+        ("params", f"{count_params(net) / 1e6:.3f} M (paper {rep.params_m} M)"),
+        (f"GMACs @{size[0]}x{size[1]}", f"{ours_macs:.3f} counted as {rep.macs_convention} (paper {rep.gmacs} @"
+                                        f"{rep.input_size}); all ops {macs.total / 1e9:.3f}"),
+        ("MACs by kind", ", ".join(f"{k} {v / 1e9:.3f} G" for k, v in sorted(macs.by_kind.items()))),
+        ("top-1 (paper)", f"{rep.top1}"),
+        ("throughput (paper)", ", ".join(f"{k}: {v:g} img/s" for k, v in rep.throughput.items()) or "—"),
+        ("source", rep.source),
+        ("notes", card.notes),
+    ]:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True)
+
+
+@app.command()
+@user_errors
+def export(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
+    to: Annotated[str, typer.Option("--to", help="Artifact format: onnx.")] = "onnx",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact path (default artifacts/...).")] = None,
+    input_size: Annotated[str | None, typer.Option(help="H or HxW (default: the model's).")] = None,
+    batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
+    dynamic_batch: Annotated[bool, typer.Option(help="Make the batch axis dynamic (overrides --batch).")] = False,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 18).")] = None,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxslim.")] = True,
+    weights: Annotated[str | None, typer.Option(help="Local checkpoint (.pth/.pt/.safetensors).")] = None,
+    features_only: Annotated[bool, typer.Option(help="Export the four stage feature maps, no classifier.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check parity in ONNX Runtime.")] = True,
+    rtol: Annotated[float, typer.Option(help="Max abs error / max |reference| allowed.")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Export a model; the artifact appears under its name only once it has been verified."""
+    from . import pipeline
+
+    with _progress() as progress:
+        progress.add_task(f"exporting {model} to {to}" + (" and verifying" if verify else ""), total=None)
+        report = pipeline.export(model, to, output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
+                                 opset=opset, simplify=simplify, weights=weights, features_only=features_only,
+                                 verify=verify, atol=atol, rtol=rtol)
+    result = {"path": str(report.path), "model": report.metadata.model, "input_size": list(report.metadata.input_size),
+              "batch": report.metadata.batch, "outputs": list(report.metadata.output_names),
+              "size_mb": round(report.size_bytes / 1e6, 2), "seconds": round(report.seconds, 1),
+              "verified": report.parity is not None}
+    if report.parity is not None:
+        result.update(_parity_dict(report.parity))
+    if as_json:
+        _print_json(result)
+        return
+    console.print(f"[green]✓[/] wrote {report.path} ({result['size_mb']} MB, {result['seconds']} s)")
+    if report.parity is not None:
+        console.print(f"  verified in ONNX Runtime: {report.parity.summary()}")
+
+
+def _parity_dict(parity: Any) -> dict[str, Any]:
+    return {"passed": parity.passed, "max_rel": parity.worst_rel, "top1_agreement": parity.top1_agreement,
+            "outputs": [{"name": o.name, "max_abs": o.max_abs, "max_ref": o.max_ref, "rel": o.rel,
+                         "mean_abs": o.mean_abs} for o in parity.outputs],
+            "rtol": parity.rtol, "atol": parity.atol, "batch": parity.batch, "runtime": parity.candidate}
+
+
+@app.command("verify")
+@user_errors
+def verify_cmd(
+    model: Annotated[str, typer.Argument(help="Model name the artifact was exported from.")],
+    artifact: Annotated[Path, typer.Argument(help="Exported artifact (.onnx).")],
+    runtime: Annotated[str | None, typer.Option(help="Runtime to run the artifact with (default: by suffix).")] = None,
+    weights: Annotated[str | None, typer.Option(help="Checkpoint the artifact was exported with.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Batch size (default: the artifact's, or 2 if dynamic).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random input batch.")] = 0,
+    rtol: Annotated[float, typer.Option(help="Max abs error / max |reference| allowed.")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
+    threads: Annotated[int | None, typer.Option(help="Threads for both runtimes.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run the same seeded inputs through PyTorch and the artifact; exit 1 above tolerance."""
+    from . import pipeline
+
+    with _progress() as progress:
+        progress.add_task(f"verifying {artifact}", total=None)
+        report = pipeline.verify(model, artifact, backend=runtime, weights=weights, batch=batch, seed=seed,
+                                 atol=atol, rtol=rtol, threads=threads)
+    if as_json:
+        _print_json(_parity_dict(report))
+    else:
+        table = Table(title=f"{artifact} vs PyTorch ({report.candidate}, batch {report.batch})")
+        for col in ("output", "max abs", "max |ref|", "max rel", "mean abs", "ok"):
+            table.add_column(col, justify="right")
+        for o in report.outputs:
+            table.add_row(o.name, f"{o.max_abs:.3e}", f"{o.max_ref:.3e}", f"{o.rel:.3e}", f"{o.mean_abs:.3e}",
+                          "[green]✓[/]" if o.passes(atol, rtol) else "[red]✗[/]")
+        console.print(table)
+        if report.top1_agreement is not None:
+            console.print(f"top-1 agreement: {report.top1_agreement:.1%}")
+        verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
+        console.print(f"{verdict} at rtol={rtol:g} atol={atol:g}")
+    if not report.passed:
+        raise typer.Exit(EXIT_VERIFY_FAILED)
+
+
+@app.command()
+@user_errors
+def bench(
+    device: Annotated[str, typer.Option(help="cpu (cuda arrives with the TensorRT issue).")] = "cpu",
+    models: Annotated[str, typer.Option(help="Comma-separated model names.")] = "s2aformer-t",
+    runtimes: Annotated[str, typer.Option(help="Comma-separated: torch,onnxruntime.")] = "torch,onnxruntime",
+    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 1,
+    input_size: Annotated[str | None, typer.Option(help="H or HxW (default: each model's).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: all cores).")] = None,
+    iters: Annotated[int, typer.Option(help="Minimum timed iterations.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Warm-up iterations (plus at least 1 s).")] = 3,
+    min_seconds: Annotated[float, typer.Option(help="Minimum timed seconds per case.")] = 2.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results and environment to this file.")] = None,
+) -> None:
+    """Throughput (images/s) and latency percentiles of models x runtimes, with the environment recorded."""
+    from .bench import TimingPolicy
+    from .bench import run as run_bench
+
+    if device != "cpu":
+        raise EdgevitError(f"device {device!r} is not supported yet; use --device cpu")
+    if batch_size < 1:
+        raise EdgevitError(f"--batch-size must be at least 1, got {batch_size}")
+    model_list, runtime_list = _split(models), _split(runtimes)
+    policy = TimingPolicy(warmup_iters=warmup, iters=iters, min_seconds=min_seconds)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as progress:
+        overall = progress.add_task("benchmark", total=len(model_list) * len(runtime_list))
+        current: dict[str, Any] = {}
+
+        def on_progress(case: Any, done: int, planned: int) -> None:
+            key = (case.model, case.runtime)
+            if current.get("key") != key:
+                if "task" in current:
+                    progress.remove_task(current["task"])
+                    progress.advance(overall)
+                current["key"] = key
+                current["task"] = progress.add_task(f"{case.model} · {case.runtime}", total=planned)
+            progress.update(current["task"], completed=min(done, planned))
+
+        report = run_bench(model_list, runtime_list, batch=batch_size, threads=threads,
+                           input_size=input_size, policy=policy, progress=on_progress)
+    env = report.environment
+    table = Table(title=f"CPU benchmark · {env['cpu_model']} · {env['threads']} threads · batch {batch_size}",
+                  caption=f"ISA: {' '.join(env['isa_flags'])} · torch kernels: {env['torch_cpu_capability']}")
+    for col in ("model", "runtime", "precision", "input", "params M", "GMACs (all ops)", "images/s", "p50 ms", "p90 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col in ("model", "runtime", "precision") else "right")
+    for row in report.rows:
+        c = row.case
+        base = [c.model, c.runtime, row.precision or "—", f"{c.input_size[0]}x{c.input_size[1]}",
+                f"{row.params_m:.2f}" if row.params_m else "—", f"{row.gmacs:.3f}" if row.gmacs else "—"]
+        if row.stats is None:
+            table.add_row(*base, f"[red]error: {row.error}[/]", "", "", "")
+        else:
+            s = row.stats
+            table.add_row(*base, f"{s.images_per_s:.1f}", f"{s.p50:.2f}", f"{s.p90:.2f}", f"{s.p99:.2f}")
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_out.with_name(f".{json_out.name}.tmp")
+        tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        os.replace(tmp, json_out)
+        console.print(f"results written to {json_out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
