@@ -108,7 +108,7 @@ def export(
     with atomic_output(path) as tmp:
         export_onnx(model, tmp, options, meta)
         if verify:
-            parity = verify_runner(runtimes.load(model), runtimes.load(tmp, "onnxruntime"),
+            parity = verify_runner(runtimes.load(model, input_size=size), runtimes.load(tmp, "onnxruntime"),
                                    DEFAULT_VERIFY_BATCH if dynamic_batch else batch, size, seed=seed,
                                    atol=atol, rtol=rtol)
             if not parity.passed:

@@ -43,6 +43,9 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
     if options.batch < 1:
         raise EdgevitError(f"batch must be >= 1, got {options.batch}")
     model = fold_batchnorm(model)
+    prepare = getattr(model, "prepare_static_input", None)
+    if callable(prepare):  # size-dependent constants (e.g. resized tables) become initializers, not ops
+        prepare(options.input_size)
     output_names = list(getattr(model, "output_names", ["output"]))
     example = torch.zeros(options.batch if not options.dynamic_batch else 2, 3, *options.input_size)
     dynamic_shapes = None

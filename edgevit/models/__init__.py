@@ -1,6 +1,10 @@
 """Model zoo: one module per family; importing this package registers every variant."""
 
 from . import s2aformer  # noqa: F401  (registers the family)
+from . import a2mamba  # noqa: F401  (registers the family)
+from . import dualformer  # noqa: F401  (registers the family)
+from . import partialformer  # noqa: F401  (registers the family)
+from . import emsnet  # noqa: F401  (registers the family)
 from .checkpoint import load_checkpoint, read_state_dict
 from .counting import MacCount, count_macs, count_params
 from .registry import ModelCard, ReportedFigures, create_model, get_model_card, list_models, resolve_name

@@ -43,16 +43,20 @@ class ConvBN(nn.Sequential):
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation; the squeeze is a plain mean (ONNX ReduceMean), never adaptive pooling."""
+    """Squeeze-and-excitation; the squeeze is a plain mean (ONNX ReduceMean), never adaptive pooling.
 
-    def __init__(self, channels: int, hidden: int) -> None:
+    ``act`` is the hidden activation: ReLU (SENet) by default, SiLU for MBConv-style blocks (MaxViT).
+    """
+
+    def __init__(self, channels: int, hidden: int, act: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
+        self.act = act()
 
     def forward(self, x: Tensor) -> Tensor:
         s = x.mean(dim=(2, 3), keepdim=True)
-        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return x * torch.sigmoid(self.fc2(self.act(self.fc1(s))))
 
 
 class Backbone(nn.Module):

@@ -21,12 +21,13 @@ class TorchRunner(Runner):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         card = getattr(model, "card", None)
-        h, w = input_size or (card.input_size if card else (224, 224))
+        # eager PyTorch takes any size the architecture accepts (the model checks); pin it only when asked
+        h, w = input_size or ("height", "width")
         self.inputs = [TensorSpec("input", ("batch", 3, h, w))]
         self.outputs = [TensorSpec(n, ()) for n in getattr(model, "output_names", ["output"])]
         self.metadata = None
         if card is not None:
-            self.metadata = ArtifactMetadata(model=card.name, input_size=(h, w), mean=card.mean, std=card.std,
+            self.metadata = ArtifactMetadata(model=card.name, input_size=input_size or card.input_size, mean=card.mean, std=card.std,
                                              batch=None, output_names=tuple(o.name for o in self.outputs),
                                              features_only=bool(getattr(model, "features_only", False)))
         self.info = RunnerInfo("torch", "fp32", device, torch.get_num_threads() if device == "cpu" else None)
