@@ -1,4 +1,4 @@
-"""The ``edgevit`` command line: list | info | export | verify | bench.
+"""The ``edgevit`` command line: list | info | export | verify | bench | report.
 
 Tables (rich) are for people, ``--json`` is for scripts. A user error prints one line and exits with 2;
 a failed verification exits with 1.
@@ -251,65 +251,130 @@ def verify_cmd(
 @app.command()
 @user_errors
 def bench(
-    device: Annotated[str, typer.Option(help="cpu (cuda arrives with the TensorRT issue).")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     models: Annotated[str, typer.Option(help="Comma-separated model names.")] = "s2aformer-t",
-    runtimes: Annotated[str, typer.Option(help="Comma-separated: torch,onnxruntime.")] = "torch,onnxruntime",
-    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 1,
-    input_size: Annotated[str | None, typer.Option(help="H or HxW (default: each model's).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: all cores).")] = None,
-    iters: Annotated[int, typer.Option(help="Minimum timed iterations.")] = 20,
-    warmup: Annotated[int, typer.Option(help="Warm-up iterations (plus at least 1 s).")] = 3,
-    min_seconds: Annotated[float, typer.Option(help="Minimum timed seconds per case.")] = 2.0,
+    runtimes: Annotated[str, typer.Option(help="Comma-separated: torch, onnxruntime, openvino[:f32|:bf16|:default] "
+                                               "on cpu; torch[:fp32|:fp16], tensorrt[:fp16|:fp32] on cuda.")]
+    = "torch,onnxruntime",
+    scenario: Annotated[str, typer.Option(help="throughput (batched images/s) or latency (batch 1 percentiles).")]
+    = "throughput",
+    resolutions: Annotated[str | None, typer.Option(help="Comma-separated sizes, e.g. 224,512,1024 or 256x320.")]
+    = None,
+    batch_size: Annotated[str | None, typer.Option(help="Images per call: one value, or one per resolution "
+                                                        "(default: 16 on cpu / 256 on cuda at 224, same pixels "
+                                                        "per call at other sizes; 1 for latency).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: all cores; 1 = single-thread "
+                                                     "protocol).")] = None,
+    streams: Annotated[int | None, typer.Option(help="OpenVINO inference streams.")] = None,
+    iters: Annotated[int, typer.Option(help="Minimum timed calls per run.")] = 10,
+    repeats: Annotated[int, typer.Option(help="Timed runs per case (median and spread are reported).")] = 3,
+    warmup: Annotated[int, typer.Option(help="Warm-up calls (plus --warmup-seconds).")] = 3,
+    warmup_seconds: Annotated[float, typer.Option(help="Minimum warm-up time.")] = 1.0,
+    min_seconds: Annotated[float, typer.Option(help="Minimum timed seconds per run.")] = 1.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results and environment to this file.")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the result rows as CSV.")] = None,
 ) -> None:
-    """Throughput (images/s) and latency percentiles of models x runtimes, with the environment recorded."""
+    """Throughput or latency of models x runtimes x resolutions, with memory, efficiency and environment."""
     from .bench import TimingPolicy
     from .bench import run as run_bench
+    from .bench.report import to_csv
+    from .bench.suite import case_count
 
-    if device != "cpu":
-        raise EdgevitError(f"device {device!r} is not supported yet; use --device cpu")
-    if batch_size < 1:
-        raise EdgevitError(f"--batch-size must be at least 1, got {batch_size}")
     model_list, runtime_list = _split(models), _split(runtimes)
-    policy = TimingPolicy(warmup_iters=warmup, iters=iters, min_seconds=min_seconds)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as progress:
-        overall = progress.add_task("benchmark", total=len(model_list) * len(runtime_list))
+    res_list = _split(resolutions) if resolutions else None
+    try:
+        batches = [int(b) for b in _split(batch_size)] if batch_size else None
+    except ValueError:
+        raise EdgevitError(f"--batch-size takes integers, e.g. 16 or 128,32,8; got {batch_size!r}") from None
+    if min(iters, repeats) < 1:
+        raise EdgevitError("--iters and --repeats must be at least 1")
+    policy = TimingPolicy(warmup_iters=warmup, warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds,
+                          repeats=repeats)
+    total = case_count(model_list, runtime_list, device, res_list)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err_console,
+                  transient=True) as progress:
+        overall = progress.add_task("benchmark", total=total)
         current: dict[str, Any] = {}
 
         def on_progress(case: Any, done: int, planned: int) -> None:
-            key = (case.model, case.runtime)
-            if current.get("key") != key:
+            if current.get("case") is not case:
                 if "task" in current:
                     progress.remove_task(current["task"])
                     progress.advance(overall)
-                current["key"] = key
-                current["task"] = progress.add_task(f"{case.model} · {case.runtime}", total=planned)
-            progress.update(current["task"], completed=min(done, planned))
+                current["case"] = case
+                current["task"] = progress.add_task(
+                    f"{case.model} · {case.runtime.label} · {case.input_size[0]}x{case.input_size[1]} "
+                    f"· batch {case.batch}", total=planned)
+            progress.update(current["task"], completed=done)
 
-        report = run_bench(model_list, runtime_list, batch=batch_size, threads=threads,
-                           input_size=input_size, policy=policy, progress=on_progress)
+        report = run_bench(model_list, runtime_list, device=device, scenario=scenario, resolutions=res_list,
+                           batches=batches, threads=threads, streams=streams, policy=policy, progress=on_progress)
+    _print_bench_table(report)
+    data = report.to_dict()
+    for path, text in ((json_out, lambda: json.dumps(data, indent=2, default=str)), (csv_out, lambda: to_csv(data))):
+        if path:
+            _write_atomic(path, text())
+            console.print(f"results written to {path}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _print_bench_table(report: Any) -> None:
     env = report.environment
-    table = Table(title=f"CPU benchmark · {env['cpu_model']} · {env['threads']} threads · batch {batch_size}",
-                  caption=f"ISA: {' '.join(env['isa_flags'])} · torch kernels: {env['torch_cpu_capability']}")
-    for col in ("model", "runtime", "precision", "input", "params M", "GMACs (all ops)", "images/s", "p50 ms", "p90 ms", "p99 ms"):
-        table.add_column(col, justify="left" if col in ("model", "runtime", "precision") else "right")
+    where = env.get("gpu") if env.get("device") == "cuda" else f"{env['cpu_model']} · {env['threads']} threads"
+    table = Table(title=f"{env['scenario']} benchmark · {where}",
+                  caption=f"ISA: {' '.join(env['isa_flags'])} · torch CPU kernels: {env['torch_cpu_capability']}"
+                          f" · images/s = median of runs (spread = max-min over median)")
+    cols = ("model", "runtime", "precision", "input", "batch", "images/s", "spread", "p50 ms", "p90 ms", "p99 ms",
+            "GMAC/s", "% peak", "peak MB")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("model", "runtime", "precision") else "right", no_wrap=True)
     for row in report.rows:
         c = row.case
-        base = [c.model, c.runtime, row.precision or "—", f"{c.input_size[0]}x{c.input_size[1]}",
-                f"{row.params_m:.2f}" if row.params_m else "—", f"{row.gmacs:.3f}" if row.gmacs else "—"]
-        if row.stats is None:
-            table.add_row(*base, f"[red]error: {row.error}[/]", "", "", "")
-        else:
-            s = row.stats
-            table.add_row(*base, f"{s.images_per_s:.1f}", f"{s.p50:.2f}", f"{s.p90:.2f}", f"{s.p99:.2f}")
+        base = [c.model, c.runtime.label, row.precision or "—", f"{c.input_size[0]}x{c.input_size[1]}", str(c.batch)]
+        if row.measurement is None:
+            table.add_row(*base, "[red]error ↓[/]", *[""] * (len(cols) - 6))
+            continue
+        m, p = row.measurement, row.measurement.pooled
+        mem = row.cuda_peak_mb if row.cuda_peak_mb is not None else row.peak_rss_mb
+        table.add_row(*base, f"{m.images_per_s:.1f}", f"{100 * m.spread:.1f}%", f"{p.p50:.2f}", f"{p.p90:.2f}",
+                      f"{p.p99:.2f}", f"{row.achieved_gmacs_per_s:.1f}",
+                      f"{100 * row.peak_fraction:.1f}" if row.peak_fraction else "—",
+                      f"{mem:.0f}" if mem is not None else "—")
     console.print(table)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_out.with_name(f".{json_out.name}.tmp")
-        tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str))
-        os.replace(tmp, json_out)
-        console.print(f"results written to {json_out}")
+    for row in report.rows:
+        if row.error:
+            console.print(f"[red]error[/] {row.case.model} · {row.case.runtime.label}: {row.error}", highlight=False)
+    assumptions = sorted({r.peak_assumption for r in report.rows if r.peak_assumption})
+    for a in assumptions:
+        console.print(f"[dim]peak assumed: {a}[/]", highlight=False)
+
+
+@app.command()
+@user_errors
+def report(
+    results: Annotated[Path, typer.Argument(help="JSON written by `edgevit bench --json`.")],
+    compare_paper: Annotated[bool, typer.Option(help="Add the papers' figures and our/paper ratios.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG plot (throughput per model/runtime, vs params).")]
+    = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the Markdown here too.")] = None,
+) -> None:
+    """Render benchmark results as a Markdown table, optionally beside the papers' figures, and plot them."""
+    from .bench import report as rep
+
+    data = rep.load_results(results)
+    text = rep.markdown(data, compare_paper=compare_paper)
+    typer.echo(text)
+    if output:
+        _write_atomic(output, text)
+    if plot:
+        console.print(f"plot written to {rep.plot(data, plot)}")
 
 
 def main() -> None:

@@ -80,9 +80,12 @@ def export(
     atol: float = 0.0,
     rtol: float = 1e-4,
     seed: int = 0,
+    scan: str = "decomposed",
 ) -> ExportReport:
     """Export a registry model and (by default) verify the artifact before it appears under its name.
 
+    ``scan`` picks how selective scans (A2Mamba) are written: ``"decomposed"`` standard ops or
+    ``"custom"`` one ``edgevit.SelectiveScan`` node each (see ``edgevit.exporters.onnx_scan``).
     A failed verification raises :class:`VerificationError` and leaves no file at ``output``.
     """
     if to not in FORMATS:
@@ -97,13 +100,14 @@ def export(
         model=name, input_size=size, mean=card.mean, std=card.std, batch=None if dynamic_batch else batch,
         output_names=tuple(model.output_names), features_only=features_only,
         weights=str(Path(weights).resolve()) if weights else f"random(seed={seed})", seed=seed,
-        edgevit_version=__version__,
+        edgevit_version=__version__, extra={"scan": scan},
     )
-    path = Path(output) if output else Path("artifacts") / f"{artifact_stem(name, size, meta.batch, features_only)}.onnx"
+    stem = artifact_stem(name, size, meta.batch, features_only) + ("" if scan == "decomposed" else f"-scan{scan}")
+    path = Path(output) if output else Path("artifacts") / f"{stem}.onnx"
     t0 = time.perf_counter()
     from .exporters.onnx import DEFAULT_OPSET, OnnxExportOptions, export_onnx
 
-    options = OnnxExportOptions(size, batch, dynamic_batch, opset or DEFAULT_OPSET, simplify)
+    options = OnnxExportOptions(size, batch, dynamic_batch, opset or DEFAULT_OPSET, simplify, scan=scan)
     parity = None
     with atomic_output(path) as tmp:
         export_onnx(model, tmp, options, meta)

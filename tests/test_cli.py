@@ -70,8 +70,8 @@ def test_export_verify_roundtrip(tmp_path: Path) -> None:
 def test_bench_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     res = invoke("bench", "--device", "cpu", "--models", "s2aformer-mini", "--runtimes", "torch,onnxruntime",
-                 "--input-size", "64", "--iters", "3", "--warmup", "1", "--min-seconds", "0", "--threads", "1",
-                 "--json", str(out))
+                 "--resolutions", "64", "--batch-size", "2", "--iters", "2", "--repeats", "1", "--warmup", "1",
+                 "--warmup-seconds", "0", "--min-seconds", "0", "--threads", "1", "--json", str(out))
     assert res.exit_code == 0, res.output
     assert "images/s" in res.stdout
     data = json.loads(out.read_text())
@@ -79,4 +79,8 @@ def test_bench_writes_json(tmp_path: Path) -> None:
     rows = data["results"]
     assert [r["runtime"] for r in rows] == ["torch", "onnxruntime"]
     assert all(r["error"] is None and r["images_per_s"] > 0 and r["precision"] == "fp32" for r in rows)
+    assert all(r["batch"] == 2 and r["input_size"] == [64, 64] for r in rows)
+    res = invoke("report", str(out), "--compare-paper", "--plot", str(tmp_path / "p.png"))
+    assert res.exit_code == 0 and "| s2aformer-mini | onnxruntime |" in res.stdout
+    assert (tmp_path / "p.png").exists()
     assert rows[0]["latency_ms_p50"] <= rows[0]["latency_ms_p99"]

@@ -1,4 +1,7 @@
-from .suite import BenchCase, BenchReport, BenchRow, run
-from .timing import LatencyStats, TimingPolicy, measure
+"""Benchmarks: timing, environment, memory, the model x runtime suite and its reports."""
 
-__all__ = ['BenchCase', 'BenchReport', 'BenchRow', 'LatencyStats', 'TimingPolicy', 'measure', 'run']
+from .suite import BenchCase, BenchReport, BenchRow, RuntimeSpec, run
+from .timing import LatencyStats, Measurement, TimingPolicy, measure, measure_repeated
+
+__all__ = ["BenchCase", "BenchReport", "BenchRow", "LatencyStats", "Measurement", "RuntimeSpec", "TimingPolicy",
+           "measure", "measure_repeated", "run"]

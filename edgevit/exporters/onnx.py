@@ -17,6 +17,7 @@ from torch import nn
 
 from ..artifact import ArtifactMetadata
 from ..errors import EdgevitError
+from .onnx_scan import attach_scan_functions, check_scan_mode, scan_export_mode, translation_table
 from .transforms import fold_batchnorm
 
 DEFAULT_OPSET = 18
@@ -30,6 +31,7 @@ class OnnxExportOptions:
     dynamic_batch: bool = False
     opset: int = DEFAULT_OPSET
     simplify: bool = True
+    scan: str = "decomposed"  # selective scan as standard ops, or one custom node (see onnx_scan)
 
 
 def _quiet_exporter() -> None:
@@ -42,6 +44,7 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
     _quiet_exporter()
     if options.batch < 1:
         raise EdgevitError(f"batch must be >= 1, got {options.batch}")
+    check_scan_mode(options.scan)
     model = fold_batchnorm(model)
     prepare = getattr(model, "prepare_static_input", None)
     if callable(prepare):  # size-dependent constants (e.g. resized tables) become initializers, not ops
@@ -55,23 +58,25 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=DeprecationWarning)
-            program = torch.onnx.export(
-                model,
-                (example,),
-                dynamo=True,
-                input_names=[INPUT_NAME],
-                output_names=output_names,
-                opset_version=options.opset,
-                dynamic_shapes=dynamic_shapes,
-                optimize=True,
-                verbose=False,
-            )
+            with scan_export_mode(options.scan):
+                program = torch.onnx.export(
+                    model,
+                    (example,),
+                    dynamo=True,
+                    input_names=[INPUT_NAME],
+                    output_names=output_names,
+                    opset_version=options.opset,
+                    dynamic_shapes=dynamic_shapes,
+                    optimize=True,
+                    verbose=False,
+                    custom_translation_table=translation_table(options.scan),
+                )
     except Exception as exc:
         if isinstance(exc, EdgevitError):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EdgevitError(f"ONNX export failed at opset {options.opset}: {first}") from exc
-    proto = program.model_proto
+    proto = attach_scan_functions(program.model_proto)
     if options.simplify:
         proto = _simplify(proto)
     proto.producer_name = "edgevit"

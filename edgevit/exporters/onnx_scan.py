@@ -47,8 +47,8 @@ def SegsumScan(a: FLOAT, x: FLOAT) -> FLOAT:
     idx = op.Range(op.Constant(value_int=0), op.Squeeze(n), op.Constant(value_int=1))
     k = op.Unsqueeze(idx, op.Constant(value_ints=[1]))
     s = op.Unsqueeze(idx, op.Constant(value_ints=[0]))
-    zero = op.Constant(value_float=0.0)
-    neg_inf = op.Constant(value_float=float("-inf"))
+    zero = op.CastLike(op.Constant(value_float=0.0), a)  # CastLike: onnxslim widens float Constants
+    neg_inf = op.CastLike(op.Constant(value_float=float("-inf")), a)
     seg = op.CumSum(op.Where(op.Greater(k, s), op.Unsqueeze(a, op.Constant(value_ints=[-1])), zero),
                     op.Constant(value_int=-2))
     seg = op.Where(op.GreaterOrEqual(k, s), seg, neg_inf)
@@ -64,7 +64,8 @@ def SelectiveScan(u: FLOAT, delta: FLOAT, A: FLOAT, Bs: FLOAT, delta_bias: FLOAT
     the chunk grid (memory O(L * 32 + (L/32)^2) per channel).
     """
     z = delta + op.Unsqueeze(delta_bias, op.Constant(value_ints=[1]))
-    dt = op.Where(op.Greater(z, op.Constant(value_float=20.0)), z, op.Softplus(z))  # torch's threshold
+    threshold = op.CastLike(op.Constant(value_float=20.0), z)
+    dt = op.Where(op.Greater(z, threshold), z, op.Softplus(z))  # torch's softplus threshold
     a = dt * op.Reshape(A, op.Constant(value_ints=[-1, 1]))
     x = Bs * (dt * u)
 

@@ -1,6 +1,7 @@
 """Model zoo: one module per family; importing this package registers every variant."""
 
 from . import s2aformer  # noqa: F401  (registers the family)
+from . import mat  # noqa: F401  (registers the family)
 from . import a2mamba  # noqa: F401  (registers the family)
 from . import dualformer  # noqa: F401  (registers the family)
 from . import partialformer  # noqa: F401  (registers the family)

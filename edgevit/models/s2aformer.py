@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import Backbone, ConvBN, LayerNorm2d, SqueezeExcite
+from .paper import throughput_for
 from .registry import ModelCard, ReportedFigures, register_model
 
 PAPER = "S2AFormer: Strip Self-Attention for Efficient Vision Transformer (Xu et al., IEEE TIP 2025)"
@@ -174,23 +175,16 @@ class _Variant:
     params_m: float
     gmacs: float
     top1: float
-    throughput: dict[str, float]
 
 
-# Paper Table IV (params, GMACs at 224, top-1) and Table VII (images/s: H100 NVL GPU, Xeon Gold 6426Y CPU,
-# ONNX Runtime on that CPU; batch size, precision and threads not stated). L has no Table VII row.
+# Paper Table IV (params, GMACs at 224, top-1). Throughput (Table VII) is data: paper/s2aformer.json.
 _VARIANTS = (
-    _Variant("mini", (2, 2, 2, 2), (32, 64, 128, 256), (4, 4, 4, 4), 5.02, 0.43, 75.1,
-             {"gpu_h100": 6330, "cpu_xeon_6426y": 58.21, "onnx_xeon_6426y": 118.26}),
-    _Variant("t", (2, 2, 6, 2), (48, 64, 128, 256), (4, 4, 4, 4), 5.80, 0.655, 77.7,
-             {"gpu_h100": 4768, "cpu_xeon_6426y": 41.75, "onnx_xeon_6426y": 112.89}),
-    _Variant("xs", (2, 2, 10, 2), (48, 64, 128, 256), (4, 4, 4, 4), 6.54, 0.786, 78.9,
-             {"gpu_h100": 4185, "cpu_xeon_6426y": 34.09, "onnx_xeon_6426y": 71.63}),
-    _Variant("s", (2, 4, 24, 4), (48, 64, 128, 256), (4, 4, 4, 4), 10.69, 1.38, 80.8,
-             {"gpu_h100": 2644, "cpu_xeon_6426y": 25.78, "onnx_xeon_6426y": 55.84}),
-    _Variant("m", (2, 4, 20, 2), (96, 128, 256, 512), (4, 4, 4, 4), 24.87, 4.12, 82.3,
-             {"gpu_h100": 1652, "cpu_xeon_6426y": 15.50, "onnx_xeon_6426y": 27.15}),
-    _Variant("l", (4, 4, 20, 4), (96, 192, 384, 768), (7, 7, 5, 5), 76.58, 12.53, 85.6, {}),
+    _Variant("mini", (2, 2, 2, 2), (32, 64, 128, 256), (4, 4, 4, 4), 5.02, 0.43, 75.1),
+    _Variant("t", (2, 2, 6, 2), (48, 64, 128, 256), (4, 4, 4, 4), 5.80, 0.655, 77.7),
+    _Variant("xs", (2, 2, 10, 2), (48, 64, 128, 256), (4, 4, 4, 4), 6.54, 0.786, 78.9),
+    _Variant("s", (2, 4, 24, 4), (48, 64, 128, 256), (4, 4, 4, 4), 10.69, 1.38, 80.8),
+    _Variant("m", (2, 4, 20, 2), (96, 128, 256, 512), (4, 4, 4, 4), 24.87, 4.12, 82.3),
+    _Variant("l", (4, 4, 20, 4), (96, 192, 384, 768), (7, 7, 5, 5), 76.58, 12.53, 85.6),
 )
 
 
@@ -205,7 +199,7 @@ def _register() -> None:
             architecture="reconstruction",
             reported=ReportedFigures(
                 params_m=v.params_m, gmacs=v.gmacs, top1=v.top1, macs_convention="conv+linear",
-                throughput=v.throughput, source="Table IV (params/GMACs/top-1), Table VII (images/s)",
+                throughput=throughput_for(f"s2aformer-{v.name}"), source="Table IV (params/GMACs/top-1), Table VII (images/s)",
             ),
             notes="No official code or checkpoints; architecture reconstructed per shared/specs/s2aformer.md "
                   "(stem, heads, SR ratios, LIM/MLP internals and the 2048-wide head are fitted assumptions).",

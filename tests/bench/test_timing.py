@@ -1,7 +1,7 @@
 import pytest
 
 from edgevit.bench import environment
-from edgevit.bench.timing import LatencyStats, TimingPolicy, measure
+from edgevit.bench.timing import LatencyStats, Measurement, TimingPolicy, measure, measure_repeated
 
 
 def test_stats_from_known_samples() -> None:
@@ -12,14 +12,30 @@ def test_stats_from_known_samples() -> None:
     assert s.images_per_s == pytest.approx(400 / 5.05)
 
 
-def test_measure_honours_warmup_and_iteration_policy() -> None:
+def test_measure_honours_warmup_repeats_and_iteration_policy() -> None:
     calls = []
-    policy = TimingPolicy(warmup_iters=2, warmup_seconds=0.0, iters=5, min_seconds=0.0)
-    stats = measure(lambda: calls.append(1), batch=1, policy=policy)
-    assert len(calls) == 7 and stats.count == 5
+    policy = TimingPolicy(warmup_iters=2, warmup_seconds=0.0, iters=5, min_seconds=0.0, repeats=3)
+    m = measure_repeated(lambda: calls.append(1), batch=2, policy=policy)
+    assert len(calls) == 2 + 15 and len(m.runs) == 3 and m.pooled.count == 15
+    assert measure(lambda: None, batch=1, policy=policy).count == 5  # a single run has no warm-up
+
+
+def test_median_and_spread_over_runs() -> None:
+    runs = tuple(LatencyStats(1, (ms,)) for ms in (10.0, 20.0, 40.0))  # 100, 50, 25 images/s
+    m = Measurement(runs)
+    assert m.images_per_s == pytest.approx(50.0)
+    assert m.spread == pytest.approx((100 - 25) / 50)
+    assert m.to_dict()["images_per_s_runs"] == pytest.approx([100.0, 50.0, 25.0])
 
 
 def test_environment_record() -> None:
     env = environment.collect()
     assert env["logical_cores"] >= 1 and "torch" in env["libraries"]
     assert isinstance(env["isa_flags"], list) and env["cpu_model"]
+
+
+def test_peak_estimate_names_its_assumption() -> None:
+    fp32 = environment.cpu_peak("fp32", threads=1)
+    assert fp32.gmacs_per_s > 0 and "1 cores" in fp32.assumption and "MAC/cycle" in fp32.assumption
+    assert environment.cpu_peak("fp32", threads=10_000).gmacs_per_s <= fp32.gmacs_per_s * environment.physical_cores()
+    assert environment.cpu_peak("bf16", threads=1).gmacs_per_s >= fp32.gmacs_per_s

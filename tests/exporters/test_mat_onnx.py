@@ -43,8 +43,8 @@ def _export(model: nn.Module, name: str, size: tuple[int, int], path: Path) -> P
 
 
 def _ort_parity(model: nn.Module, path: Path, size: tuple[int, int]) -> ParityReport:
-    return verify_runner(runtimes.load(model, input_size=size), runtimes.load(path, "onnxruntime"), BATCH, size,
-                         rtol=RTOL)
+    reference, candidate = runtimes.load(model, input_size=size), runtimes.load(path, "onnxruntime")
+    return verify_runner(reference, candidate, BATCH, size, rtol=RTOL)
 
 
 def _check_graph(path: Path, name: str, size: tuple[int, int], sampler: str) -> None:
@@ -71,8 +71,9 @@ def mat1_artifact(request, tmp_path_factory):
 
 
 def test_mat1_onnxruntime_parity(mat1_artifact) -> None:
-    model, path, size, _ = mat1_artifact
+    model, path, size, sampler = mat1_artifact
     report = _ort_parity(model, path, size)
+    print(f"[ort] mat-1 {size} {sampler}: {report.summary()}")
     assert report.passed and report.worst_rel <= RTOL, report.summary()
     assert report.top1_agreement == 1.0
 
@@ -92,9 +93,11 @@ def test_mat1_openvino_parity(mat1_artifact) -> None:
     result = compiled([x])
     candidate = {name: np.asarray(result[compiled.output(i)]) for i, name in enumerate(reference)}
     report = compare_outputs(reference, candidate, 0.0, RTOL)
+    print(f"[openvino] mat-1 {size} {path.stem}: {report.summary()}")
     assert report.passed and report.worst_rel <= RTOL, report.summary()
 
 
+@pytest.mark.slow
 def test_pipeline_exports_features_only_backbone(tmp_path: Path) -> None:
     report = export("mat-1", "onnx", tmp_path / "mat-1-features.onnx", input_size="192x256", batch=BATCH,
                     features_only=True, rtol=RTOL)
@@ -112,5 +115,6 @@ def test_larger_variants_onnxruntime_parity(name: str, size: tuple[int, int], sa
     model = _model(name, sampler)
     path = _export(model, name, size, tmp_path / f"{name}.onnx")
     report = _ort_parity(model, path, size)
+    print(f"[ort] {name} {size} {sampler}: {report.summary()}")
     assert report.passed and report.worst_rel <= RTOL, report.summary()
     _check_graph(path, name, size, sampler)

@@ -119,9 +119,7 @@ def test_features_only_returns_four_strided_maps(name: str) -> None:
 
 def test_features_only_is_the_classifier_minus_its_head() -> None:
     full, backbone = built("mat-1"), built("mat-1", features_only=True)
-    head = {k: v for k, v in full.state_dict().items() if k.startswith("head.")}
-    assert count_params(full) - count_params(backbone) == sum(v.numel() for k, v in head.items()
-                                                              if "running" not in k and "num_batches" not in k)
+    assert count_params(full) - count_params(backbone) == count_params(full.head)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(backbone(x)[-1], full.forward_features(x)[-1])
@@ -155,8 +153,9 @@ def test_window_partition_and_reverse_equal_rank6_reference(grid: tuple[int, int
     x = torch.randn(3, grid[0] * w, grid[1] * w, 5)
     windows = window_partition(x, w)
     assert torch.equal(windows, reference_partition(x, w))
-    assert torch.equal(window_reverse(windows, w, *x.shape[1:3]), reference_reverse(windows, w, *x.shape[1:3]))
-    assert torch.equal(window_reverse(windows, w, *x.shape[1:3]), x)
+    hp, wp = x.shape[1:3]
+    assert torch.equal(window_reverse(windows, w, hp, wp), reference_reverse(windows, w, hp, wp))
+    assert torch.equal(window_reverse(windows, w, hp, wp), x)
 
 
 def test_head_split_and_window_grouping_equal_rank5_reference() -> None:
@@ -261,10 +260,11 @@ def _special_grid(h: int, w: int, n: int, generator: torch.Generator) -> torch.T
     (-1, +1), half a pixel outside them and points beyond the zero-padding support."""
     xs = torch.rand(n, generator=generator) * 2.8 - 1.4
     ys = torch.rand(n, generator=generator) * 2.8 - 1.4
-    special_x = torch.tensor([-1.0, 1.0, -1 - 1 / w, 1 + 1 / w, (2 * 0 + 1) / w - 1, (2 * (w - 1) + 1) / w - 1,
-                              -1 - 3 / w, 0.0])
-    special_y = torch.tensor([-1.0, 1.0, (2 * 2 + 1) / h - 1, -1 - 1 / h, 1 + 1 / h, (2 * (h - 1) + 1) / h - 1,
-                              0.0, 1 + 3 / h])
+    def centre(i: int, n: int) -> float:  # pixel i's centre in normalised coordinates, align_corners=False
+        return (2 * i + 1) / n - 1
+
+    special_x = torch.tensor([-1, 1, -1 - 1 / w, 1 + 1 / w, centre(0, w), centre(w - 1, w), -1 - 3 / w, 0.0])
+    special_y = torch.tensor([-1, 1, centre(2, h), -1 - 1 / h, 1 + 1 / h, centre(h - 1, h), 0, 1 + 3 / h])
     gx = torch.cat([xs, special_x, special_x, special_x.flip(0)])
     gy = torch.cat([ys, special_y, special_y.flip(0), torch.zeros_like(special_y)])
     return torch.stack([gx, gy], -1)

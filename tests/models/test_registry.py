@@ -35,7 +35,7 @@ def test_model_card_carries_deployment_and_paper_facts() -> None:
     assert card.input_size == (224, 224)
     assert card.mean == (0.485, 0.456, 0.406) and card.std == (0.229, 0.224, 0.225)
     assert card.reported.params_m == 5.80 and card.reported.gmacs == 0.655 and card.reported.top1 == 77.7
-    assert card.reported.throughput["onnx_xeon_6426y"] == 112.89
+    assert card.reported.throughput["onnxruntime@Intel Xeon Gold 6426Y"] == 112.89
     assert card.architecture == "reconstruction" and "arxiv" in card.paper_url
 
 

@@ -1,0 +1,50 @@
+"""Peak memory of a benchmark case: process RSS on CPU (sampled), max allocated on CUDA."""
+
+from __future__ import annotations
+
+import os
+import threading
+from types import TracebackType
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (Linux /proc; falls back to the lifetime peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakRssSampler:
+    """Samples RSS in a background thread while a case runs.
+
+    ``ru_maxrss`` is a lifetime maximum and cannot separate cases run in one process; sampling every few
+    milliseconds gives the peak during the case (and the baseline before it) at negligible cost.
+    """
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.baseline = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, current_rss_bytes())
+
+    def __enter__(self) -> PeakRssSampler:
+        self.baseline = self.peak = current_rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_bytes())
