@@ -166,7 +166,7 @@ def _progress() -> Progress:
 @user_errors
 def export(
     model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
-    to: Annotated[str, typer.Option("--to", help="Artifact format: onnx.")] = "onnx",
+    to: Annotated[str, typer.Option("--to", help="Artifact format: onnx or openvino (an IR folder).")] = "onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact path (default artifacts/...).")] = None,
     input_size: Annotated[str | None, typer.Option(help="H or HxW (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
@@ -178,6 +178,10 @@ def export(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check parity in ONNX Runtime.")] = True,
     rtol: Annotated[float, typer.Option(help="Max abs error / max |reference| allowed.")] = 1e-4,
     atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
+    precision: Annotated[str | None, typer.Option(help="OpenVINO IR precision: fp32, fp16 or int8 (NNCF).")] = None,
+    embed_preprocess: Annotated[bool, typer.Option(help="OpenVINO: take uint8 NHWC RGB, normalise inside.")] = False,
+    calib_images: Annotated[Path | None, typer.Option(help="OpenVINO int8: folder of calibration images "
+                                                            "(default: a synthetic set).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Export a model; the artifact appears under its name only once it has been verified."""
@@ -187,19 +191,24 @@ def export(
         progress.add_task(f"exporting {model} to {to}" + (" and verifying" if verify else ""), total=None)
         report = pipeline.export(model, to, output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
                                  opset=opset, simplify=simplify, weights=weights, features_only=features_only,
-                                 verify=verify, atol=atol, rtol=rtol)
+                                 verify=verify, atol=atol, rtol=rtol, precision=precision,
+                                 embed_preprocess=embed_preprocess, calib_images=calib_images)
     result = {"path": str(report.path), "model": report.metadata.model, "input_size": list(report.metadata.input_size),
               "batch": report.metadata.batch, "outputs": list(report.metadata.output_names),
               "size_mb": round(report.size_bytes / 1e6, 2), "seconds": round(report.seconds, 1),
               "verified": report.parity is not None}
+    result.update({k: report.metadata.extra[k] for k in ("precision", "preprocess", "calibration")
+                   if k in report.metadata.extra})
     if report.parity is not None:
         result.update(_parity_dict(report.parity))
     if as_json:
         _print_json(result)
         return
     console.print(f"[green]✓[/] wrote {report.path} ({result['size_mb']} MB, {result['seconds']} s)")
+    if "calibration" in result:
+        console.print(f"  int8 calibration: {result['calibration']}", highlight=False)
     if report.parity is not None:
-        console.print(f"  verified in ONNX Runtime: {report.parity.summary()}")
+        console.print(f"  verified in {report.parity.candidate or 'ONNX Runtime'}: {report.parity.summary()}")
 
 
 def _parity_dict(parity: Any) -> dict[str, Any]:
@@ -213,7 +222,7 @@ def _parity_dict(parity: Any) -> dict[str, Any]:
 @user_errors
 def verify_cmd(
     model: Annotated[str, typer.Argument(help="Model name the artifact was exported from.")],
-    artifact: Annotated[Path, typer.Argument(help="Exported artifact (.onnx).")],
+    artifact: Annotated[Path, typer.Argument(help="Exported artifact (.onnx, OpenVINO IR folder or .xml).")],
     runtime: Annotated[str | None, typer.Option(help="Runtime to run the artifact with (default: by suffix).")] = None,
     weights: Annotated[str | None, typer.Option(help="Checkpoint the artifact was exported with.")] = None,
     batch: Annotated[int | None, typer.Option(help="Batch size (default: the artifact's, or 2 if dynamic).")] = None,

@@ -14,13 +14,13 @@ from pathlib import Path
 from torch import nn
 
 from . import __version__, runtimes
-from .artifact import ArtifactMetadata, atomic_output
+from .artifact import ArtifactMetadata, atomic_output, atomic_output_dir
 from .errors import ArtifactError, EdgevitError, InputShapeError, VerificationError
 from .models import create_model, get_model_card, resolve_name
 from .models.registry import ModelCard
 from .verify import ParityReport, verify_runner
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "openvino", "tensorrt")
 DEFAULT_VERIFY_BATCH = 2
 
 
@@ -49,6 +49,13 @@ def parse_input_size(value: int | str | tuple[int, int] | None, card: ModelCard)
 def artifact_stem(name: str, input_size: tuple[int, int], batch: int | None, features_only: bool) -> str:
     b = "bdyn" if batch is None else f"b{batch}"
     return f"{name}-{input_size[0]}x{input_size[1]}-{b}" + ("-features" if features_only else "")
+
+
+def default_stem(meta: ArtifactMetadata) -> str:
+    """The artifact name (without suffix) for what ``meta`` describes; a non-default scan mode is named."""
+    scan = meta.extra.get("scan", "decomposed")
+    return artifact_stem(meta.model, meta.input_size, meta.batch, meta.features_only) + (
+        "" if scan == "decomposed" else f"-scan{scan}")
 
 
 @dataclass(frozen=True)
@@ -81,15 +88,30 @@ def export(
     rtol: float = 1e-4,
     seed: int = 0,
     scan: str = "decomposed",
+    precision: str | None = None,
+    embed_preprocess: bool = False,
+    calib_images: str | Path | None = None,
 ) -> ExportReport:
     """Export a registry model and (by default) verify the artifact before it appears under its name.
 
     ``scan`` picks how selective scans (A2Mamba) are written: ``"decomposed"`` standard ops or
     ``"custom"`` one ``edgevit.SelectiveScan`` node each (see ``edgevit.exporters.onnx_scan``).
+    ``precision``, ``embed_preprocess`` and ``calib_images`` are OpenVINO's (see :func:`export_openvino`).
     A failed verification raises :class:`VerificationError` and leaves no file at ``output``.
     """
     if to not in FORMATS:
         raise EdgevitError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    if to == "openvino":
+        return export_openvino(name, output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
+                               opset=opset, simplify=simplify, weights=weights, features_only=features_only,
+                               verify=verify, atol=atol, rtol=rtol, seed=seed, scan=scan,
+                               precision=precision or "fp32", embed_preprocess=embed_preprocess,
+                               calib_images=calib_images)
+    if precision is not None or embed_preprocess or calib_images is not None:
+        raise EdgevitError("--precision, --embed-preprocess and --calib-images apply to --to openvino; "
+                           "an ONNX export is always fp32")
+    if to == "tensorrt":
+        raise EdgevitError("use pipeline.export_tensorrt for TensorRT engines")
     name = resolve_name(name)
     card = get_model_card(name)
     size = parse_input_size(input_size, card)
@@ -102,8 +124,7 @@ def export(
         weights=str(Path(weights).resolve()) if weights else f"random(seed={seed})", seed=seed,
         edgevit_version=__version__, extra={"scan": scan},
     )
-    stem = artifact_stem(name, size, meta.batch, features_only) + ("" if scan == "decomposed" else f"-scan{scan}")
-    path = Path(output) if output else Path("artifacts") / f"{stem}.onnx"
+    path = Path(output) if output else Path("artifacts") / f"{default_stem(meta)}.onnx"
     t0 = time.perf_counter()
     from .exporters.onnx import DEFAULT_OPSET, OnnxExportOptions, export_onnx
 
@@ -119,6 +140,90 @@ def export(
                 raise VerificationError(f"{name} ONNX output differs from PyTorch beyond rtol={rtol:g} atol={atol:g} "
                                         f"({parity.summary()}); nothing was written to {path}")
     return ExportReport(path, meta, time.perf_counter() - t0, path.stat().st_size, parity)
+
+
+# Parity bounds of OpenVINO IRs, always run in f32 for verification: fp32 IRs match like ONNX Runtime;
+# fp16 IRs store weights with a 10-bit mantissa (decompressed to f32 at load); int8 is a sanity bound
+# only (a broken quantization is off by O(1)); its real figure is the top-1 agreement it reports.
+OPENVINO_RTOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.5}
+
+
+def export_openvino(
+    name: str,
+    output: str | Path | None = None,
+    *,
+    input_size: int | str | tuple[int, int] | None = None,
+    batch: int = 1,
+    dynamic_batch: bool = False,
+    precision: str = "fp32",
+    embed_preprocess: bool = False,
+    calib_images: str | Path | None = None,
+    opset: int | None = None,
+    simplify: bool = True,
+    weights: str | None = None,
+    features_only: bool = False,
+    scan: str = "decomposed",
+    verify: bool = True,
+    atol: float = 0.0,
+    rtol: float = 1e-4,
+    seed: int = 0,
+) -> ExportReport:
+    """Verified ONNX -> OpenVINO IR folder (``model.xml``/``.bin``/``manifest.json``) -> parity in OpenVINO f32.
+
+    ``precision`` fp32 | fp16 (weights stored fp16) | int8 (NNCF, calibrated on ``calib_images`` or a
+    synthetic set); ``embed_preprocess`` makes the IR take uint8 NHWC RGB. fp16/int8 are checked against
+    at least their bound in :data:`OPENVINO_RTOL`. The folder appears under its name only once verified.
+    """
+    import dataclasses
+    import tempfile
+
+    from .exporters import openvino as ovx
+
+    options = ovx.OpenVinoExportOptions(precision, embed_preprocess, Path(calib_images) if calib_images else None)
+    options.check()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgevit-openvino-") as tmpdir:
+        onnx_report = export(name, "onnx", Path(tmpdir) / "model.onnx", input_size=input_size, batch=batch,
+                             dynamic_batch=dynamic_batch, opset=opset, simplify=simplify, weights=weights,
+                             features_only=features_only, verify=verify, atol=atol,
+                             rtol=rtol if precision == "fp32" else OPENVINO_RTOL["fp32"], seed=seed, scan=scan)
+        model = ovx.read_onnx(onnx_report.path)
+    meta = onnx_report.metadata
+    notes: dict[str, object] = {}
+    if precision == "int8":
+        samples, notes["calibration"] = ovx.calibration_set(meta, options)
+        model, notes["kept_in_float"] = ovx.quantize_int8(model, samples)
+    if embed_preprocess:
+        model = ovx.embed_preprocessing(model, meta.mean, meta.std)
+    meta = dataclasses.replace(meta, extra={
+        **meta.extra, "format": "openvino", "precision": precision,
+        "preprocess": ovx.PREPROCESS_U8 if embed_preprocess else "none",
+        **({"calibration": str(notes["calibration"])} if "calibration" in notes else {})})
+    path = Path(output) if output else Path("artifacts") / ovx.ir_dir_name(default_stem(meta), options)
+    if path.suffix.lower() == ".xml":
+        raise EdgevitError(f"an OpenVINO IR is a folder (model.xml, model.bin, manifest.json); pass a folder "
+                           f"as --output, e.g. {path.with_suffix('')}")
+    parity = None
+    with atomic_output_dir(path) as tmp:
+        ovx.save_ir(model, tmp, meta, precision)
+        if verify:
+            bound = rtol if precision == "fp32" else max(rtol, OPENVINO_RTOL[precision])
+            size = meta.input_size
+            reference = runtimes.load(build_model(meta.model, weights, features_only, seed), input_size=size)
+            parity = verify_runner(reference, runtimes.load(tmp, "openvino", precision="f32"),
+                                   DEFAULT_VERIFY_BATCH if dynamic_batch else batch, size, seed=seed,
+                                   atol=atol, rtol=bound)
+            if not parity.passed:
+                raise VerificationError(f"{meta.model} OpenVINO {precision} IR differs from PyTorch beyond "
+                                        f"rtol={bound:g} atol={atol:g} ({parity.summary()}); nothing was written "
+                                        f"to {path}")
+            notes["parity"] = {"runtime": parity.candidate, "rtol": bound, "max_rel": parity.worst_rel,
+                               "top1_agreement": parity.top1_agreement, "batch": parity.batch,
+                               "inputs": "seeded (uint8 synthetic images)" if embed_preprocess
+                               else "seeded standard-normal"}
+        ovx.write_manifest(tmp, meta, model, notes)
+    size_bytes = sum(f.stat().st_size for f in path.iterdir())
+    return ExportReport(path, meta, time.perf_counter() - t0, size_bytes, parity)
 
 
 def verify(
@@ -181,3 +286,89 @@ def cached_onnx(name: str, input_size: tuple[int, int], batch: int) -> Path:
                 and tuple(meta.input_size) == tuple(input_size) and meta.batch == batch):
             return path
     return export(name, "onnx", path, input_size=input_size, batch=batch).path
+
+
+# Parity bound for TensorRT engines: fp32 engines (TF32 off) match like ONNX Runtime; fp16 engines keep
+# normalisation/softmax/scan in fp32 but round activations to a 10-bit mantissa, so 1e-2 of the output range.
+TENSORRT_RTOL = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+def export_tensorrt(
+    name: str,
+    output: str | Path | None = None,
+    *,
+    input_size: int | str | tuple[int, int] | None = None,
+    precision: str = "fp16",
+    min_batch: int = 1,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
+    workspace_gb: float = 4.0,
+    weights: str | None = None,
+    features_only: bool = False,
+    scan: str = "decomposed",
+    verify: bool = True,
+    rtol: float | None = None,
+) -> ExportReport:
+    """Verified ONNX -> operator-support check -> TensorRT engine (+ manifest) -> parity vs PyTorch.
+
+    UNVERIFIED on the machines edgevit is developed on (no GPU); see README.
+    """
+    import tempfile
+
+    import onnx
+
+    from .exporters.tensorrt import ENGINE_SUFFIX, TensorRTBuildOptions, build_engine, manifest_path
+    from .exporters.tensorrt_ops import tensorrt_problems
+
+    name = resolve_name(name)
+    card = get_model_card(name)
+    size = parse_input_size(input_size, card)
+    max_batch = max_batch or opt_batch or min_batch
+    options = TensorRTBuildOptions(precision, min_batch, opt_batch or max_batch, max_batch, workspace_gb,
+                                   cache_dir() / "tensorrt-timing.cache")
+    batch = None if options.dynamic_batch else min_batch
+    stem = artifact_stem(name, size, batch, features_only) + f"-{precision}"
+    path = Path(output) if output else Path("artifacts") / f"{stem}{ENGINE_SUFFIX}"
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmpdir:
+        onnx_report = export(name, "onnx", Path(tmpdir) / "model.onnx", input_size=size, batch=min_batch,
+                             dynamic_batch=options.dynamic_batch, weights=weights, features_only=features_only,
+                             scan=scan)
+        problems = tensorrt_problems(onnx.load(str(onnx_report.path), load_external_data=False))
+        if problems:
+            raise EdgevitError(f"{name} ONNX graph is not TensorRT-compatible: {'; '.join(problems[:5])}")
+        parity = None
+        with atomic_output(path) as tmp:
+            build_engine(onnx_report.path, tmp, options, onnx_report.metadata)
+            tmp_manifest = manifest_path(tmp)
+            try:
+                if verify:
+                    bound = rtol if rtol is not None else TENSORRT_RTOL[precision]
+                    reference = runtimes.load(build_model(name, weights, features_only), input_size=size)
+                    parity = verify_runner(reference, runtimes.load(tmp, "tensorrt"), opt_batch or min_batch, size,
+                                           rtol=bound)
+                    if not parity.passed:
+                        raise VerificationError(f"{name} TensorRT {precision} engine differs from PyTorch beyond "
+                                                f"rtol={bound:g} ({parity.summary()}); nothing was written")
+                tmp_manifest.replace(manifest_path(path))
+            finally:
+                tmp_manifest.unlink(missing_ok=True)
+    return ExportReport(path, onnx_report.metadata, time.perf_counter() - t0, path.stat().st_size, parity)
+
+
+def cached_artifact(name: str, fmt: str, input_size: tuple[int, int], batch: int,
+                    precision: str | None = None) -> Path:
+    """Benchmark artifacts other than ONNX (TensorRT engines), built once per (model, size, batch, precision)."""
+    if fmt == "onnx":
+        return cached_onnx(name, input_size, batch)
+    if fmt == "tensorrt":
+        from .exporters.tensorrt import ENGINE_SUFFIX, EngineManifest, manifest_path
+
+        prec = precision or "fp16"
+        path = cache_dir() / f"{artifact_stem(resolve_name(name), input_size, batch, False)}-{prec}{ENGINE_SUFFIX}"
+        if path.exists() and manifest_path(path).exists():
+            meta = ArtifactMetadata.from_props(EngineManifest.read(manifest_path(path)).metadata)
+            if meta is not None and meta.edgevit_version == __version__:
+                return path
+        return export_tensorrt(name, path, input_size=input_size, precision=prec, min_batch=batch).path
+    raise EdgevitError(f"no cached artifact format {fmt!r}")

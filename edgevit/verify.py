@@ -83,8 +83,19 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
 
 def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: tuple[int, int], *,
                   seed: int = 0, atol: float = 0.0, rtol: float = 1e-4) -> ParityReport:
-    """Run the same seeded batch through both runners and compare every output."""
-    x = seeded_inputs(batch, input_size, seed)
-    report = compare_outputs(reference.run(x), candidate.run(x), atol, rtol)
+    """Run the same seeded batch through both runners and compare every output.
+
+    A candidate that takes uint8 images (preprocessing embedded, e.g. an OpenVINO IR exported with
+    ``--embed-preprocess``) gets seeded synthetic images; the reference gets them normalised.
+    """
+    x = feed = seeded_inputs(batch, input_size, seed)
+    if len(candidate.inputs) == 1 and candidate.inputs[0].dtype == "uint8":
+        from .images import synthetic_images, to_tensor
+
+        if candidate.metadata is None:
+            raise ValueError("a uint8-input artifact needs its edgevit metadata (mean/std) to be verified")
+        feed = synthetic_images(batch, input_size, seed)
+        x = to_tensor(feed, candidate.metadata.mean, candidate.metadata.std)
+    report = compare_outputs(reference.run(x), candidate.run(feed), atol, rtol)
     return ParityReport(report.outputs, atol, rtol, report.top1_agreement, batch,
                         f"{candidate.info.backend} ({candidate.info.precision})", dict(candidate.info.details))

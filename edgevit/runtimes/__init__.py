@@ -1,8 +1,9 @@
 """One interface over every inference runtime.
 
 ``load(source, backend=None)`` returns a :class:`Runner`. ``source`` is an ``nn.Module`` or registry name
-(torch backend) or an artifact path whose suffix picks the backend unless ``backend`` is given. New
-backends (OpenVINO, TensorRT) register themselves with :func:`register_backend`.
+(torch backend) or an artifact path (a file, or a folder such as an OpenVINO IR) whose suffix picks the
+backend unless ``backend`` is given. New backends (TensorRT) register themselves with
+:func:`register_backend`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def register_backend(backend: Backend) -> None:
 register_backend(Backend("torch", "edgevit.runtimes.torch_backend", "TorchRunner", (), "torch"))
 register_backend(Backend("onnxruntime", "edgevit.runtimes.onnxruntime_backend", "OnnxRuntimeRunner",
                          (".onnx",), "onnxruntime"))
+register_backend(Backend("openvino", "edgevit.runtimes.openvino_backend", "OpenVinoRunner", (".xml",), "openvino"))
 
 
 def backends() -> list[str]:
@@ -56,6 +58,10 @@ def _factory(name: str) -> Callable[..., Runner]:
 
 
 def backend_for_path(path: Path) -> str:
+    if path.is_dir():  # an artifact folder (OpenVINO IR): the backend of the one artifact file inside
+        inside = {b.name for p in path.iterdir() for b in _BACKENDS.values() if p.suffix.lower() in b.suffixes}
+        if len(inside) == 1:
+            return inside.pop()
     for b in _BACKENDS.values():
         if path.suffix.lower() in b.suffixes:
             return b.name
@@ -69,7 +75,7 @@ def load(source: nn.Module | str | Path, backend: str | None = None, **options: 
     if isinstance(source, nn.Module):
         return _factory(backend or "torch")(source, **options)
     path = Path(source)
-    if backend is None and not path.suffix:
+    if backend is None and not path.suffix and not path.is_dir():
         backend = "torch"  # a registry name such as "s2aformer-t"
     if backend == "torch" and not path.suffix:
         return _factory("torch")(str(source), **options)

@@ -35,6 +35,10 @@ class TorchRunner(Runner):
             torch.set_num_threads(threads)  # process-wide in PyTorch
         self.device = torch.device(device)
         self.precision = precision
+        if self.device.type == "cuda" and precision == "fp32":
+            # "fp32" means fp32: PyTorch lets cuDNN convolutions use TF32 by default (10-bit mantissa)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         module = model.eval().to(self.device, memory_format=self.memory_format)
         self.model: Callable[[torch.Tensor], object] = module

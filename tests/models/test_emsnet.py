@@ -149,10 +149,10 @@ def test_ceil_maxpool_equals_ceil_mode(p: int, size: tuple[int, int]) -> None:
 
 
 # every (H, W) -> pooled size met at 224 and at 160x224, divisible or not, plus odd ones
-@pytest.mark.parametrize("p", [4, 6])
 POOL_SIZES = [(56, 56), (28, 28), (14, 14), (7, 7), (40, 56), (5, 7), (2, 2), (1, 1), (13, 50)]
 
 
+@pytest.mark.parametrize("p", [4, 6])
 @pytest.mark.parametrize("size", POOL_SIZES)
 def test_static_adaptive_avgpool_equals_adaptive(p: int, size: tuple[int, int]) -> None:
     torch.manual_seed(0)
