@@ -18,9 +18,12 @@ that verified graph instead of a second tracing of the model. The steps here are
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,12 +173,28 @@ def quantize_int8(model: Any, samples: Sequence[np.ndarray]) -> tuple[Any, dict[
         raise BackendUnavailableError("--precision int8 needs NNCF: pip install 'edgevit[openvino-int8]' "
                                       "(or pip install nncf)") from exc
     keep = precision_sensitive_nodes(model)
-    quantized = nncf.quantize(
-        model, nncf.Dataset(list(samples)), preset=nncf.QuantizationPreset.MIXED,
-        model_type=nncf.ModelType.TRANSFORMER, subset_size=sum(len(s) for s in samples),
-        ignored_scope=nncf.IgnoredScope(names=sorted(keep), validate=False),
-    )
+    with _stdout_to_stderr():
+        quantized = nncf.quantize(
+            model, nncf.Dataset(list(samples)), preset=nncf.QuantizationPreset.MIXED,
+            model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples),
+            ignored_scope=nncf.IgnoredScope(names=sorted(keep), validate=False),
+        )
     return quantized, keep
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """NNCF logs and draws progress bars on stdout; ``--json`` output must stay parseable."""
+    from nncf.common.logging import nncf_logger
+
+    handlers = [h for h in nncf_logger.handlers if isinstance(h, logging.StreamHandler)]
+    streams = [h.setStream(sys.stderr) for h in handlers]
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for h, stream in zip(handlers, streams):
+            h.setStream(stream)
 
 
 def embed_preprocessing(model: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
@@ -198,11 +217,15 @@ def set_metadata(model: Any, meta: ArtifactMetadata) -> None:
 
 
 def read_metadata(model: Any) -> ArtifactMetadata | None:
-    """Edgevit metadata from an ``ov.Model``'s rt_info; ``None`` for a foreign IR."""
-    if not model.has_rt_info([RT_SECTION]):
-        return None
-    section = model.get_rt_info()[RT_SECTION]
-    return ArtifactMetadata.from_props({PREFIX + k: v.astype(str) for k, v in section.items()})
+    """Edgevit metadata from an ``ov.Model``'s rt_info: the ``edgevit`` section of an exported IR, or the
+    ONNX metadata_props that the ONNX frontend puts under ``framework``; ``None`` for a foreign model."""
+    if model.has_rt_info([RT_SECTION]):
+        section = model.get_rt_info()[RT_SECTION]
+        return ArtifactMetadata.from_props({PREFIX + k: v.astype(str) for k, v in section.items()})
+    if model.has_rt_info(["framework"]):
+        section = model.get_rt_info()["framework"]
+        return ArtifactMetadata.from_props({k: v.astype(str) for k, v in section.items() if k.startswith(PREFIX)})
+    return None
 
 
 def save_ir(model: Any, directory: Path, meta: ArtifactMetadata, precision: str) -> Path:

@@ -199,7 +199,8 @@ def _register() -> None:
             architecture="reconstruction",
             reported=ReportedFigures(
                 params_m=v.params_m, gmacs=v.gmacs, top1=v.top1, macs_convention="conv+linear",
-                throughput=throughput_for(f"s2aformer-{v.name}"), source="Table IV (params/GMACs/top-1), Table VII (images/s)",
+                throughput=throughput_for(f"s2aformer-{v.name}"),
+                source="Table IV (params/GMACs/top-1), Table VII (images/s)",
             ),
             notes="No official code or checkpoints; architecture reconstructed per shared/specs/s2aformer.md "
                   "(stem, heads, SR ratios, LIM/MLP internals and the 2048-wide head are fitted assumptions).",

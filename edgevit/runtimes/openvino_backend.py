@@ -53,7 +53,7 @@ class OpenVinoRunner(Runner):
         self.request = self.compiled.create_infer_request()
         self.inputs = [_spec(p) for p in self.compiled.inputs]
         self.outputs = [_spec(p) for p in self.compiled.outputs]
-        self.metadata = self._metadata(model, Path(path))
+        self.metadata = self._metadata(model)
         used = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         label = _LABELS.get(used, used)
         stored = self.metadata.extra.get("precision") if self.metadata else None
@@ -67,15 +67,10 @@ class OpenVinoRunner(Runner):
         self.info = RunnerInfo("openvino", label, device.lower(),
                                int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or threads, details)
 
-    def _metadata(self, model: Any, path: Path) -> ArtifactMetadata | None:
+    def _metadata(self, model: Any) -> ArtifactMetadata | None:
         from ..exporters.openvino import read_metadata
 
         meta = read_metadata(model)
-        if meta is None and path.suffix.lower() == ".onnx":
-            import onnx
-
-            proto = onnx.load(str(path), load_external_data=False)
-            meta = ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props})
         if meta is None and self.manifest is not None:
             meta = ArtifactMetadata.from_props(self.manifest.get("metadata", {}))
         return meta

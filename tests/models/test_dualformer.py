@@ -54,7 +54,7 @@ def test_four_variants_registered_as_reconstructions() -> None:
         assert card.architecture == "reconstruction" and "reconstruction" in card.notes
         assert card.reported.macs_convention == "all"  # fvcore counts matmuls (spec: GFLOPs = fvcore MACs)
         assert card.input_multiple == 32
-    assert get_model_card("dualformer-xs").reported.throughput == {"gpu_unstated": 1253}
+    assert get_model_card("dualformer-xs").reported.throughput == {"torch-cuda@GPU not stated (V100 assumed)": 1253.0}
     assert [get_model_card(n).reported.top1 for n in VARIANTS] == [78.4, 81.5, 83.5, 84.8]
 
 
