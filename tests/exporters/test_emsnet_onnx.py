@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from edgevit import pipeline
+from edgevit.exporters.tensorrt_ops import tensorrt_problems
 from edgevit.models import create_model
 from tests.conftest import randomize_norm_stats
 
@@ -48,6 +49,7 @@ def check_deployable_graph(path: Path, name: str) -> None:
     ops = [n.op_type for n in proto.graph.node]
     assert not FORBIDDEN_OPS & set(ops), FORBIDDEN_OPS & set(ops)
     assert "Col2Im" not in ops and "ScatterND" not in ops
+    assert tensorrt_problems(proto) == []
     # per block: 4 propagation transposed convs + the C-MHSA fold; 2 static max-pools
     assert ops.count("ConvTranspose") == 5 * BLOCKS[name]
     assert ops.count("MaxPool") == 2 * BLOCKS[name]

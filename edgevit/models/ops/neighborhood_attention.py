@@ -34,14 +34,18 @@ class NATables:
     """Gather tables of one (H, W, K, dilation); rows are queries in raster order, columns the K*K
     slots (row-slot major)."""
 
-    index: Tensor  # (H*W, K*K) int64: flat key position h*W + w
-    bias_index: Tensor  # (H*W, K*K) int64: flat position in the (2K-1, 2K-1) bias table
+    index: Tensor  # (H*W * K*K,) int64: flat key position h*W + w, query-major
+    bias_index: Tensor  # (H*W * K*K,) int64: flat position in the (2K-1, 2K-1) bias table
     mask: Tensor | None  # (H*W, K*K) bool, True where the slot holds no key; None when every slot is valid
     kernel_size: int
 
     @property
     def slots(self) -> int:
         return self.kernel_size * self.kernel_size
+
+    @property
+    def queries(self) -> int:
+        return self.index.shape[0] // self.slots
 
 
 def axis_window(length: int, kernel_size: int, dilation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,10 +78,9 @@ def _tables_np(height: int, width: int, kernel_size: int, dil_h: int, dil_w: int
     index = pos_h[:, None, :, None] * width + pos_w[None, :, None, :]
     bias_index = rel_h[:, None, :, None] * span + rel_w[None, :, None, :]
     valid = valid_h[:, None, :, None] & valid_w[None, :, None, :]
-    shape = (height * width, kernel_size * kernel_size)
-    mask = None if valid.all() else np.ascontiguousarray(~valid.reshape(shape))
-    return (np.ascontiguousarray(index.reshape(shape), dtype=np.int64),
-            np.ascontiguousarray(bias_index.reshape(shape), dtype=np.int64), mask)
+    mask = None if valid.all() else np.ascontiguousarray(~valid.reshape(height * width, -1))
+    return (np.ascontiguousarray(index.reshape(-1), dtype=np.int64),
+            np.ascontiguousarray(bias_index.reshape(-1), dtype=np.int64), mask)
 
 
 _DEVICE_CACHE: dict[tuple[object, ...], NATables] = {}
@@ -108,7 +111,7 @@ def na_tables(height: int, width: int, kernel_size: int, dilation: tuple[int, in
 def _gather_neighbors(x: Tensor, tables: NATables) -> Tensor:
     """``x`` (B, n, L, D) -> (B, n, L, K*K, D): every query's window of ``x`` (one constant Gather)."""
     b, n, length, dim = x.shape
-    return x.index_select(2, tables.index.flatten()).reshape(b, n, length, tables.slots, dim)
+    return x.index_select(2, tables.index).reshape(b, n, length, tables.slots, dim)
 
 
 def na_qk(q: Tensor, k: Tensor, tables: NATables, rpb: Tensor | None = None) -> Tensor:
@@ -118,7 +121,7 @@ def na_qk(q: Tensor, k: Tensor, tables: NATables, rpb: Tensor | None = None) -> 
     logits = (keys @ q.unsqueeze(-1)).squeeze(-1)
     if rpb is not None:
         n = rpb.shape[0]
-        bias = rpb.flatten(1).index_select(1, tables.bias_index.flatten()).reshape(n, *tables.index.shape)
+        bias = rpb.flatten(1).index_select(1, tables.bias_index).reshape(n, tables.queries, tables.slots)
         logits = logits + bias.to(logits.dtype)
     if tables.mask is not None:
         logits = logits.masked_fill(tables.mask, float("-inf"))

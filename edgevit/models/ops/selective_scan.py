@@ -28,9 +28,11 @@ for the custom node.
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -52,6 +54,13 @@ def discretize(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tens
     return a, x
 
 
+@functools.lru_cache(maxsize=32)
+def _triangle_masks_np(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[k > s]`` and ``[t >= s]`` over an ``n x n`` grid (constants of the traced graph)."""
+    idx = np.arange(n)
+    return idx[:, None] > idx[None, :], idx[:, None] >= idx[None, :]
+
+
 def _segsum_scan(a: Tensor, x: Tensor) -> Tensor:
     """Inclusive scan ``h_t = exp(a_t) h_{t-1} + x_t`` over the last axis as one masked matrix product.
 
@@ -60,11 +69,9 @@ def _segsum_scan(a: Tensor, x: Tensor) -> Tensor:
     catastrophically over long ranges), and ``s > t`` is set to ``-inf`` *before* ``exp`` so a strong
     decay can never produce ``inf * 0 = NaN``.
     """
-    n = a.shape[-1]
-    idx = torch.arange(n, device=a.device)
-    after_s = idx[:, None] > idx[None, :]  # [k, s]: k > s
+    after_s, on_or_below = (torch.from_numpy(m).to(a.device) for m in _triangle_masks_np(a.shape[-1]))
     seg = torch.where(after_s, a.unsqueeze(-1), 0.0).cumsum(-2)  # (..., t, s)
-    seg = torch.where(after_s | (idx[:, None] == idx[None, :]), seg, float("-inf"))
+    seg = torch.where(on_or_below, seg, float("-inf"))
     return (seg.exp() @ x.unsqueeze(-1)).squeeze(-1)
 
 
