@@ -7,6 +7,7 @@ a failed verification exits with 1.
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict
 import json
 import os
 import sys
@@ -121,6 +122,7 @@ def info(
 ) -> None:
     """Model card, measured params and MACs (by kind of op) and the paper's figures."""
     from .models import count_macs, count_params, create_model, get_model_card
+    from .models.paper import figures_for
     from .pipeline import parse_input_size
 
     card = get_model_card(model)
@@ -128,6 +130,7 @@ def info(
     net = create_model(card.name)
     macs = count_macs(net, size)
     data = card.to_dict()
+    data["paper_figures"] = [asdict(f) for f in figures_for(card.name)]
     data["measured"] = {"input_size": list(size), "params": count_params(net), "macs_total": macs.total,
                         "macs_by_kind": macs.by_kind,
                         "macs_paper_convention": macs.for_convention(card.reported.macs_convention)}
@@ -149,7 +152,9 @@ def info(
                                         f"{rep.input_size}); all ops {macs.total / 1e9:.3f}"),
         ("MACs by kind", ", ".join(f"{k} {v / 1e9:.3f} G" for k, v in sorted(macs.by_kind.items()))),
         ("top-1 (paper)", f"{rep.top1}"),
-        ("throughput (paper)", ", ".join(f"{k}: {v:g} img/s" for k, v in rep.throughput.items()) or "—"),
+        ("speed (paper)", "\n".join(f"{f.value:g} {f.unit} · {f.runtime} on {f.hardware} ({f.table}, "
+                                     f"{f.resolution}px, batch {f.batch or 'not stated'})"
+                                     for f in figures_for(card.name)) or "—"),
         ("source", rep.source),
         ("notes", card.notes),
     ]:

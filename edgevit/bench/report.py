@@ -33,12 +33,13 @@ def load_results(path: str | Path) -> dict:
 
 
 def paper_figure(row: dict) -> PaperFigure | None:
-    """The paper's throughput for the same model, runtime class and resolution, if it reports one."""
+    """The paper's figure for the same model, runtime class, resolution and kind of measurement
+    (throughput scenario: images/s; latency scenario: ms), if it reports one."""
     runtime = _PAPER_RUNTIME.get(row["runtime"])
-    if runtime is None or row.get("scenario", "throughput") != "throughput":
+    if runtime is None:
         return None
     res = row["input_size"][0] if row["input_size"][0] == row["input_size"][1] else None
-    for fig in figures_for(row["model"], "throughput"):
+    for fig in figures_for(row["model"], row.get("scenario", "throughput")):
         if fig.runtime == runtime and fig.resolution == res:
             return fig
     return None
@@ -60,7 +61,7 @@ def markdown(data: dict, compare_paper: bool = False) -> str:
     head = ["model", "runtime", "precision", "input", "batch", "images/s", "spread", "p50 ms", "p99 ms",
             "GMAC/s", "% peak", "peak RSS MB"]
     if compare_paper:
-        head += ["paper images/s", "ours / paper", "paper hardware"]
+        head += ["paper", "ours / paper", "paper hardware"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: dict[str, str] = {}
     for r in data["results"]:
@@ -82,9 +83,10 @@ def markdown(data: dict, compare_paper: bool = False) -> str:
             if fig is None:
                 cells += ["—", "—", "—"]
             else:
-                ratio = r["images_per_s"] / fig.value
+                ours = r["images_per_s"] if fig.metric == "throughput" else r["latency_ms_p50"]
+                ratio = ours / fig.value
                 batch = f"batch {fig.batch}" if fig.batch else "batch n/s"
-                cells += [f"{fig.value:g}", f"{ratio:.2f}", f"{fig.hardware} ({fig.table}, {batch})"]
+                cells += [f"{fig.value:g} {fig.unit}", f"{ratio:.2f}", f"{fig.hardware} ({fig.table}, {batch})"]
                 if fig.note:
                     notes[f"{fig.family} {fig.table}"] = fig.note
         lines.append("| " + " | ".join(cells) + " |")

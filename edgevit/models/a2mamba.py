@@ -58,8 +58,8 @@ def adaptive_dilation(length: int, kernel_size: int) -> int:
 
 def rotate_pairs(x: Tensor) -> Tensor:
     """``(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)`` over the last axis (RoPE's interleaved pairs)."""
-    pairs = x.unflatten(-1, (-1, 2))
-    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack((-odd, even), dim=-1).flatten(-2)
 
 
 @functools.lru_cache(maxsize=64)
@@ -193,14 +193,12 @@ class A2SSM(nn.Module):
         b, c, h, w = y.shape
         n, r = self.num_heads, self.dt_rank
         u = F.silu(self.conv2d(y)).flatten(2)  # (B, C, L)
-        proj = torch.matmul(self.x_proj_weight, u)  # (B, R + 2, L)
-        dt = torch.matmul(self.dt_projs_weight, proj[:, :r])
-        bs, cs = proj[:, r:r + 1], proj[:, r + 1:r + 2]
+        dt, bs, cs = torch.matmul(self.x_proj_weight, u).split((r, 1, 1), dim=1)  # (B, R | 1 | 1, L)
+        dt = torch.matmul(self.dt_projs_weight, dt)
         states = selective_scan(u, dt, -torch.exp(self.A_logs), bs, self.dt_projs_bias)  # (B, C, L)
         states = states.reshape(b, n, c // n, h * w).transpose(-1, -2)  # (B, n, L, hd), channel h*hd + d
-        half = n // 2
-        states = torch.cat((na_av(nb.attn1, states[:, :half], nb.tables1),
-                            na_av(nb.attn2, states[:, half:], nb.tables2)), dim=1)
+        s1, s2 = states.chunk(2, dim=1)
+        states = torch.cat((na_av(nb.attn1, s1, nb.tables1), na_av(nb.attn2, s2, nb.tables2)), dim=1)
         states = self.state_fusion(states.transpose(-1, -2)).reshape(b, c, h * w)  # mixes heads
         return (states * cs + u * self.Ds.view(1, -1, 1)).reshape(b, c, h, w)
 
@@ -235,17 +233,17 @@ class MASS(nn.Module):
         n, hd, k = self.num_heads, self.head_dim, self.kernel_size
         gate = self.gate(x)
         qkv = self.qkv(x)
-        lepe = self.lepe(qkv[:, 2 * c:])
+        lepe = self.lepe(qkv.chunk(3, dim=1)[2])
         q, key, v = qkv.reshape(b, 3, n, hd, h * w).permute(1, 0, 2, 4, 3).unbind(0)  # each (B, n, L, hd)
         q = (q * cos + rotate_pairs(q) * sin) * self.scale
         key = key * cos + rotate_pairs(key) * sin
-        half = n // 2
+        (q1, q2), (k1, k2), (v1, v2) = q.chunk(2, dim=1), key.chunk(2, dim=1), v.chunk(2, dim=1)
         t1 = na_tables(h, w, k, (1, 1), x.device)
         t2 = na_tables(h, w, k, (adaptive_dilation(h, k), adaptive_dilation(w, k)), x.device)
-        attn1 = torch.softmax(na_qk(q[:, :half], key[:, :half], t1, self.rpb[0]), dim=-1)
-        y1 = na_av(attn1, v[:, :half], t1)
-        attn2 = torch.softmax(na_qk(q[:, half:], key[:, half:], t2, self.rpb[1]), dim=-1)
-        y2 = na_av(attn2, y1 + v[:, half:], t2)  # DLA aggregates SLA's output plus its own values
+        attn1 = torch.softmax(na_qk(q1, k1, t1, self.rpb[0]), dim=-1)
+        y1 = na_av(attn1, v1, t1)
+        attn2 = torch.softmax(na_qk(q2, k2, t2, self.rpb[1]), dim=-1)
+        y2 = na_av(attn2, y1 + v2, t2)  # DLA aggregates SLA's output plus its own values
         y = torch.cat((y1, y2), dim=1)  # (B, n, L, hd)
         if self.global_mode:
             y = self._global_attention(q, key, y)

@@ -91,9 +91,18 @@ def test_compare_paper_puts_paper_figure_and_ratio_beside_ours() -> None:
          "input_size": [224, 224], "batch": 16, "images_per_s": 3.0, "spread": 0.01, "error": None}]}
     md = report.markdown(data, compare_paper=True)
     line = next(ln for ln in md.splitlines() if ln.startswith("| s2aformer-t"))
-    assert "| 112.89 | 0.50 | Intel Xeon Gold 6426Y (Table VII, batch n/s) |" in line
+    assert "| 112.89 images/s | 0.50 | Intel Xeon Gold 6426Y (Table VII, batch n/s) |" in line
     line_l = next(ln for ln in md.splitlines() if ln.startswith("| s2aformer-l"))
     assert line_l.endswith("| — | — | — |")  # the paper has no L row
+
+
+def test_compare_paper_latency_scenario_uses_paper_latency() -> None:
+    data = {"environment": {"cpu_model": "x", "threads": 2}, "results": [
+        {"model": "emsnet-xxtiny", "runtime": "torch", "precision": "fp32", "scenario": "latency",
+         "input_size": [224, 224], "batch": 1, "images_per_s": 40.0, "spread": 0.01, "latency_ms_p50": 25.05,
+         "latency_ms_p99": 30.0, "error": None}]}
+    line = next(ln for ln in report.markdown(data, compare_paper=True).splitlines() if ln.startswith("| emsnet"))
+    assert "| 50.1 ms | 0.50 | Intel Core i5-6600 @ 3.30 GHz (Table 3.8, batch n/s) |" in line
 
 
 def test_report_rejects_foreign_json(tmp_path: Path) -> None:
