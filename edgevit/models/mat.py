@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import Backbone, ConvBN
+from .paper import throughput_for
 from .registry import ModelCard, ReportedFigures, register_model
 
 PAPER = ("Efficient Vision Transformers with Multi-Scale and Partial Attentions for Object Recognition "
@@ -390,17 +391,16 @@ class _Variant:
     params_m: float
     gmacs: float
     top1: float
-    throughput: dict[str, float]
 
 
 # Table 4.3 (width, depths, heads, GFLOPs = multiply-accumulates, params), Table 4.4 (top-1), Table 4.9
-# (throughput of MAT-2 on one Tesla V100; batch size and precision not stated).
+# (throughput of MAT-2 on one Tesla V100; batch size and precision not stated) is data in paper/mat.json.
 _VARIANTS = (
-    _Variant("1", 24, (2, 2, 6, 6), (12, 24), 6.714, 0.389, 76.3, {}),
-    _Variant("2", 32, (2, 2, 6, 6), (8, 16), 10.767, 0.666, 79.0, {"gpu_v100": 4333}),
-    _Variant("3", 36, (2, 2, 8, 8), (8, 16), 17.008, 1.042, 80.2, {}),
-    _Variant("4", 48, (3, 3, 8, 8), (12, 24), 29.057, 1.933, 81.0, {}),
-    _Variant("5", 64, (2, 2, 8, 8), (16, 32), 50.108, 3.156, 81.9, {}),
+    _Variant("1", 24, (2, 2, 6, 6), (12, 24), 6.714, 0.389, 76.3),
+    _Variant("2", 32, (2, 2, 6, 6), (8, 16), 10.767, 0.666, 79.0),
+    _Variant("3", 36, (2, 2, 8, 8), (8, 16), 17.008, 1.042, 80.2),
+    _Variant("4", 48, (3, 3, 8, 8), (12, 24), 29.057, 1.933, 81.0),
+    _Variant("5", 64, (2, 2, 8, 8), (16, 32), 50.108, 3.156, 81.9),
 )
 
 
@@ -417,7 +417,7 @@ def _register() -> None:
             min_input_size=32,
             reported=ReportedFigures(
                 params_m=v.params_m, gmacs=v.gmacs, top1=v.top1, macs_convention="all",
-                throughput=v.throughput,
+                throughput=throughput_for(f"mat-{v.name}"),
                 source="Table 4.3 (params, GFLOPs = MACs incl. attention matmuls), Table 4.4 (top-1), "
                        "Table 4.9 (V100 images/s)",
             ),

@@ -88,7 +88,7 @@ def test_cards_carry_the_dissertation_figures() -> None:
         (6.714, 0.389, 76.3), (10.767, 0.666, 79.0), (17.008, 1.042, 80.2), (29.057, 1.933, 81.0),
         (50.108, 3.156, 81.9)]
     assert all(r.macs_convention == "all" for r in reported.values())
-    assert reported["mat-2"].throughput == {"gpu_v100": 4333}
+    assert reported["mat-2"].throughput == {"torch-cuda@Tesla V100": 4333.0}
     assert all(get_model_card(n).architecture == "reconstruction" for n in VARIANTS)
 
 
