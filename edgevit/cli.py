@@ -187,6 +187,9 @@ def export(
     embed_preprocess: Annotated[bool, typer.Option(help="OpenVINO: take uint8 NHWC RGB, normalise inside.")] = False,
     calib_images: Annotated[Path | None, typer.Option(help="OpenVINO int8: folder of calibration images "
                                                             "(default: a synthetic set).")] = None,
+    scan: Annotated[str, typer.Option(help="A2Mamba selective scans: decomposed (standard ops) or custom (one "
+                                           "edgevit.SelectiveScan node each, body shipped as an ONNX function).")
+                    ] = "decomposed",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Export a model; the artifact appears under its name only once it has been verified."""
@@ -197,12 +200,12 @@ def export(
         report = pipeline.export(model, to, output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
                                  opset=opset, simplify=simplify, weights=weights, features_only=features_only,
                                  verify=verify, atol=atol, rtol=rtol, precision=precision,
-                                 embed_preprocess=embed_preprocess, calib_images=calib_images)
+                                 embed_preprocess=embed_preprocess, calib_images=calib_images, scan=scan)
     result = {"path": str(report.path), "model": report.metadata.model, "input_size": list(report.metadata.input_size),
               "batch": report.metadata.batch, "outputs": list(report.metadata.output_names),
               "size_mb": round(report.size_bytes / 1e6, 2), "seconds": round(report.seconds, 1),
               "verified": report.parity is not None}
-    result.update({k: report.metadata.extra[k] for k in ("precision", "preprocess", "calibration")
+    result.update({k: report.metadata.extra[k] for k in ("precision", "preprocess", "calibration", "scan")
                    if k in report.metadata.extra})
     if report.parity is not None:
         result.update(_parity_dict(report.parity))

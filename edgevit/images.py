@@ -40,8 +40,11 @@ def read_image(path: str | Path) -> np.ndarray:
     except ImportError:
         raise EdgevitError(f"cannot read {str(path)!r}: edgevit decodes PPM (P6), PGM (P5) and PNG itself; "
                            "other formats need Pillow (pip install pillow)") from None
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as exc:  # Pillow raises its own error types for unreadable files
+        raise EdgevitError(f"cannot decode {str(path)!r}: {exc}") from exc
 
 
 def write_ppm(path: str | Path, image: np.ndarray) -> Path:

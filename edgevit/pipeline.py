@@ -358,7 +358,8 @@ def export_tensorrt(
 
 def cached_artifact(name: str, fmt: str, input_size: tuple[int, int], batch: int,
                     precision: str | None = None) -> Path:
-    """Benchmark artifacts other than ONNX (TensorRT engines), built once per (model, size, batch, precision)."""
+    """Benchmark artifacts other than ONNX (TensorRT engines, OpenVINO IRs), built once per (model, size,
+    batch, precision)."""
     if fmt == "onnx":
         return cached_onnx(name, input_size, batch)
     if fmt == "tensorrt":
@@ -371,4 +372,17 @@ def cached_artifact(name: str, fmt: str, input_size: tuple[int, int], batch: int
             if meta is not None and meta.edgevit_version == __version__:
                 return path
         return export_tensorrt(name, path, input_size=input_size, precision=prec, min_batch=batch).path
+    if fmt == "openvino":  # an IR folder per IR precision (fp32/fp16/int8); the runtime precision is separate
+        import json
+
+        from .exporters.openvino import MANIFEST_FILE, OpenVinoExportOptions, ir_dir_name
+
+        prec = precision or "fp32"
+        stem = artifact_stem(resolve_name(name), input_size, batch, False)
+        path = cache_dir() / ir_dir_name(stem, OpenVinoExportOptions(prec))
+        if (path / MANIFEST_FILE).exists():
+            meta = ArtifactMetadata.from_props(json.loads((path / MANIFEST_FILE).read_text()).get("metadata", {}))
+            if meta is not None and meta.edgevit_version == __version__:
+                return path
+        return export_openvino(name, path, input_size=input_size, batch=batch, precision=prec).path
     raise EdgevitError(f"no cached artifact format {fmt!r}")

@@ -1,4 +1,5 @@
-"""How the selective scan (``edgevit::selective_scan``, :mod:`edgevit.models.ops.selective_scan`) reaches ONNX.
+"""How the selective scan (``edgevit::selective_scan``, :mod:`edgevit.models.ops.selective_scan`) is
+written to ONNX.
 
 Two modes, chosen by :class:`~edgevit.exporters.onnx.OnnxExportOptions.scan`:
 
@@ -19,6 +20,7 @@ exporter's opset version conversion inlines every model-local function.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -27,9 +29,10 @@ import torch
 from onnxscript import FLOAT, script
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
+from torch import Tensor, nn
 
 from ..errors import EdgevitError
-from ..models.ops.selective_scan import use_scan_custom_op
+from ..models.ops.selective_scan import selective_scan, use_scan_custom_op
 
 SCAN_MODES = ("decomposed", "custom")
 DOMAIN = "edgevit"
@@ -127,4 +130,28 @@ def attach_scan_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
             proto.functions.append(fn.to_function_proto())
     if not any(o.domain == DOMAIN for o in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return proto
+
+
+class _ScanOnly(nn.Module):
+    def forward(self, u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tensor) -> Tensor:
+        return selective_scan(u, delta, A, Bs, delta_bias)
+
+
+def export_selective_scan(example: tuple[Tensor, ...], mode: str = "decomposed", simplify: bool = True,
+                          opset: int = 18) -> onnx.ModelProto:
+    """The scan alone as an ONNX model with inputs ``(u, delta, A, Bs, delta_bias)`` shaped like
+    ``example``, built exactly as :func:`~edgevit.exporters.onnx.export_onnx` builds a model's scans
+    (for op-level tests and benchmarks)."""
+    with warnings.catch_warnings(), scan_export_mode(mode):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(_ScanOnly(), example, dynamo=True, opset_version=opset, verbose=False,
+                                    input_names=["u", "delta", "A", "Bs", "delta_bias"], output_names=["h"],
+                                    custom_translation_table=translation_table(mode))
+    proto = attach_scan_functions(program.model_proto)
+    if simplify:
+        import onnxslim
+
+        proto = onnxslim.slim(proto)
+    onnx.checker.check_model(proto)
     return proto

@@ -40,7 +40,8 @@ IR_FILE = "model.xml"
 MANIFEST_FILE = "manifest.json"
 RT_SECTION = "edgevit"
 PREPROCESS_U8 = "uint8-nhwc-rgb"  # value of the ``preprocess`` metadata key when it is embedded
-DEFAULT_CALIB_COUNT = 64
+DEFAULT_CALIB_COUNT = 64  # synthetic calibration images
+MAX_CALIB_IMAGES = 300  # from a folder: NNCF's default subset size
 
 # NNCF must not quantize the producers of values that are compared or ranked (a token near a hashing
 # hyperplane or a top-k boundary changes branch under int8 noise: DualFormer's LSH, PartialFormer's
@@ -58,7 +59,7 @@ class OpenVinoExportOptions:
     precision: str = "fp32"
     embed_preprocess: bool = False
     calib_images: Path | None = None  # a folder of images; None: deterministic synthetic calibration set
-    calib_count: int = DEFAULT_CALIB_COUNT
+    calib_count: int = DEFAULT_CALIB_COUNT  # size of the synthetic set
     calib_seed: int = 0
 
     def check(self) -> None:
@@ -105,7 +106,7 @@ def calibration_set(meta: ArtifactMetadata, options: OpenVinoExportOptions) -> t
     """
     batch = meta.batch or 1
     if options.calib_images is not None:
-        files = image_files(options.calib_images)[: options.calib_count]
+        files = image_files(options.calib_images)[:MAX_CALIB_IMAGES]
         images = np.stack([fit_to(read_image(f), meta.input_size) for f in files])
         source = f"{len(files)} images from {Path(options.calib_images).resolve()}"
     else:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from .layers import Backbone, LayerNorm2d
 from .ops.neighborhood_attention import NATables, na_av, na_qk, na_tables
 from .ops.selective_scan import selective_scan
+from .paper import throughput_for
 from .registry import ModelCard, ReportedFigures, register_model
 
 PAPER = "A2Mamba: Attention-augmented State Space Models for Visual Recognition (Lou, Fu, Yu, 2025)"
@@ -185,7 +186,8 @@ class A2SSM(nn.Module):
         nn.init.kaiming_uniform_(self.x_proj_weight, a=math.sqrt(5))
         std = self.dt_rank ** -0.5
         nn.init.uniform_(self.dt_projs_weight, -std, std)
-        dt = torch.exp(torch.rand(self.Ds.shape[0]) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        log_lo, log_hi = math.log(dt_min), math.log(dt_max)
+        dt = torch.exp(torch.rand(self.Ds.shape[0]) * (log_hi - log_lo) + log_lo)
         dt = dt.clamp(min=1e-4)
         self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
@@ -221,7 +223,8 @@ class MASS(nn.Module):
         if not global_mode:
             self.ssm = A2SSM(dim, num_heads)
         span = 2 * kernel_size - 1
-        local = nn.Parameter(torch.zeros(num_heads // 2, span, span))  # shared by SLA and DLA (rpb.0 is rpb.1)
+        # one table shared by SLA and DLA: rpb.0 and rpb.1 are the same Parameter (as officially)
+        local = nn.Parameter(torch.zeros(num_heads // 2, span, span))
         tables = [local, local]
         if global_mode:
             tokens = (TRAIN_SIZE // 32) ** 2
@@ -395,7 +398,6 @@ class _Variant:
     params_m: float
     gmacs: float
     top1: float
-    throughput: dict[str, float]
 
 
 _NONE = (None, None, None, None)
@@ -403,27 +405,27 @@ _LS = ("layerscale",) * 4
 _LS_INIT = (1.0, 1.0, 1e-6, 1e-6)
 _ONES = (1.0, 1.0, 1.0, 1.0)
 
-# Table II (params M, GFLOPs = GMACs at 224, top-1) and Table VIII (images/s on one L40S at batch
-# 128/32/8 for 224/512/1024, ImageNet-1K weights evaluated without fine-tuning).
+# Table II (params M, GFLOPs = GMACs at 224, top-1). Table VIII (images/s and memory on one L40S at
+# 224/512/1024) is data: paper/a2mamba.json.
 _VARIANTS = (
     _Variant("n", (32, 64, 128, 192), (2, 2, 8, 2), (2, 2, 4, 8), (4, 4, 3, 3), _NONE, _ONES, 0.9,
-             4, 0.8, 78.7, {"gpu_l40s": 2486, "gpu_l40s_512": 445, "gpu_l40s_1024": 108}),
+             4, 0.8, 78.7),
     _Variant("t", (48, 96, 256, 448), (2, 2, 10, 2), (2, 4, 8, 16), (4, 4, 3, 3), _NONE, _ONES, 0.9,
-             15, 2.7, 83.0, {"gpu_l40s": 1287, "gpu_l40s_512": 220, "gpu_l40s_1024": 55}),
+             15, 2.7, 83.0),
     _Variant("s", (64, 128, 320, 512), (2, 4, 12, 4), (2, 4, 10, 16), (4, 4, 3, 3),
              (None, None, "resscale", "resscale"), _ONES, 0.9,
-             31, 5.4, 84.7, {"gpu_l40s": 762, "gpu_l40s_512": 140, "gpu_l40s_1024": 32}),
+             31, 5.4, 84.7),
     _Variant("b", (96, 192, 384, 512), (4, 6, 12, 6), (4, 8, 12, 16), (4, 4, 3.75, 3.75), _LS, _LS_INIT, 0.95,
-             51, 10.7, 85.7, {"gpu_l40s": 320, "gpu_l40s_512": 60, "gpu_l40s_1024": 14}),
+             51, 10.7, 85.7),
     _Variant("l", (96, 192, 448, 672), (4, 6, 18, 6), (4, 8, 16, 24), (4, 4, 4, 4), _LS, _LS_INIT, 0.975,
-             95, 17.4, 86.1, {"gpu_l40s": 258, "gpu_l40s_512": 48, "gpu_l40s_1024": 11}),
+             95, 17.4, 86.1),
 )
 
 _VARIANT_NOTES = {
     "b": " The paper's 10.7 GFLOPs match MLP ratio 3 in stages 3-4; the code (and checkpoint) use 3.75, "
          "so our MAC count is ~6% higher.",
-    "l": " Table I lists another L config ([112,224,512,720], heads up to 30, ~95 M); the code and checkpoint "
-         "build 93.7 M, matching Table VIII's 94 M / 86.2 %.",
+    "l": " Table I lists another L config ([112,224,512,720], heads up to 30, ~95 M); the code and "
+         "checkpoint build 93.7 M, matching Table VIII's 94 M / 86.2 %.",
 }
 
 
@@ -440,11 +442,11 @@ def _register() -> None:
             min_input_size=64,
             reported=ReportedFigures(
                 params_m=v.params_m, gmacs=v.gmacs, top1=v.top1, macs_convention="all",
-                throughput=v.throughput,
+                throughput=throughput_for(f"a2mamba-{v.name}"),
                 source="Table II (params/GFLOPs/top-1 at 224), Table VIII (img/s, one NVIDIA L40S, "
                        "batch 128/32/8 at 224/512/1024)",
             ),
-            notes=f"Official code LMMMEng/A2Mamba; checkpoints LMMM2025/A2Mamba on Hugging Face load strictly. "
+            notes="Official code LMMMEng/A2Mamba; checkpoints LMMM2025/A2Mamba (Hugging Face) load strictly. "
                   f"Eval: bicubic resize, crop_pct {v.crop_pct}, ImageNet mean/std. Any input >= 64 px runs "
                   f"(official NATTEN needs >= 193 px; smaller maps use edgevit's masked-window extension)."
                   + _VARIANT_NOTES.get(v.name, ""),
