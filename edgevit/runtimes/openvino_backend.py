@@ -20,13 +20,15 @@ from ..errors import ArtifactError, EdgevitError
 from .base import Runner, RunnerInfo, TensorSpec
 
 # accepted spellings -> OpenVINO's INFERENCE_PRECISION_HINT values
-_HINTS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
+# "default" leaves the hint unset: the device then picks (bf16 on AMX/AVX512-BF16 CPUs) and the runner
+# reports what it picked, so benchmarks can show what users get out of the box.
+_HINTS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16", "default": None}
 # OpenVINO element type names -> edgevit's precision labels (the other backends report fp32/fp16/bf16)
 _LABELS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
 class OpenVinoRunner(Runner):
-    """``runtimes.load(path, "openvino", threads=N, precision="f32"|"bf16"|"f16", streams=N)``.
+    """``runtimes.load(path, "openvino", threads=N, precision="f32"|"bf16"|"f16"|"default", streams=N)``.
 
     ``threads`` is INFERENCE_NUM_THREADS, ``streams`` NUM_STREAMS (parallel infer requests; :meth:`run`
     uses one synchronous request, so more than one stream only helps callers that run concurrently).
@@ -37,10 +39,12 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         if precision not in _HINTS:
-            raise EdgevitError(f"unknown OpenVINO precision {precision!r}; choose f32, bf16 or f16")
+            raise EdgevitError(f"unknown OpenVINO precision {precision!r}; choose f32, bf16, f16 or default")
         core = ov.Core()
         model, self.manifest = _read_model(core, Path(path))
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[precision]}
+        config: dict[str, Any] = {}
+        if _HINTS[precision] is not None:
+            config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if streams:
