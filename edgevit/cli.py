@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -42,7 +43,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except EdgevitError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_VERIFY_FAILED if type(exc).__name__ == "VerificationError" else EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]
@@ -171,7 +172,8 @@ def _progress() -> Progress:
 @user_errors
 def export(
     model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
-    to: Annotated[str, typer.Option("--to", help="Artifact format: onnx or openvino (an IR folder).")] = "onnx",
+    to: Annotated[str, typer.Option("--to", help="Artifact format: onnx, openvino (an IR folder) or tensorrt "
+                                                 "(an engine; needs an NVIDIA GPU and edgevit[tensorrt]).")] = "onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact path (default artifacts/...).")] = None,
     input_size: Annotated[str | None, typer.Option(help="H or HxW (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
@@ -183,7 +185,15 @@ def export(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check parity in ONNX Runtime.")] = True,
     rtol: Annotated[float, typer.Option(help="Max abs error / max |reference| allowed.")] = 1e-4,
     atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
-    precision: Annotated[str | None, typer.Option(help="OpenVINO IR precision: fp32, fp16 or int8 (NNCF).")] = None,
+    precision: Annotated[str | None, typer.Option(help="OpenVINO IR: fp32, fp16 or int8 (NNCF); TensorRT engine: "
+                                                       "fp16 (default) or fp32.")] = None,
+    min_batch: Annotated[int | None, typer.Option(help="TensorRT: smallest batch of the optimisation profile "
+                                                       "(default --batch).")] = None,
+    opt_batch: Annotated[int | None, typer.Option(help="TensorRT: batch the profile is tuned for.")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="TensorRT: largest batch of the profile.")] = None,
+    workspace: Annotated[float, typer.Option(help="TensorRT builder workspace in GB.")] = 4.0,
+    option: Annotated[list[str] | None, typer.Option("--option", help="Model constructor option KEY=VALUE, "
+                                                     "repeatable (e.g. sampler=manual for MAT).")] = None,
     embed_preprocess: Annotated[bool, typer.Option(help="OpenVINO: take uint8 NHWC RGB, normalise inside.")] = False,
     calib_images: Annotated[Path | None, typer.Option(help="OpenVINO int8: folder of calibration images "
                                                             "(default: a synthetic set).")] = None,
@@ -197,10 +207,13 @@ def export(
 
     with _progress() as progress:
         progress.add_task(f"exporting {model} to {to}" + (" and verifying" if verify else ""), total=None)
-        report = pipeline.export(model, to, output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
+        report = pipeline.export(model, to, output, input_size=input_size, batch=min_batch or batch,
+                                 dynamic_batch=dynamic_batch,
                                  opset=opset, simplify=simplify, weights=weights, features_only=features_only,
                                  verify=verify, atol=atol, rtol=rtol, precision=precision,
-                                 embed_preprocess=embed_preprocess, calib_images=calib_images, scan=scan)
+                                 embed_preprocess=embed_preprocess, calib_images=calib_images, scan=scan,
+                                 opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace,
+                                 model_options=pipeline.parse_model_options(option))
     result = {"path": str(report.path), "model": report.metadata.model, "input_size": list(report.metadata.input_size),
               "batch": report.metadata.batch, "outputs": list(report.metadata.output_names),
               "size_mb": round(report.size_bytes / 1e6, 2), "seconds": round(report.seconds, 1),
@@ -367,7 +380,7 @@ def _print_bench_table(report: Any) -> None:
     console.print(table)
     for row in report.rows:
         if row.error:
-            console.print(f"[red]error[/] {row.case.model} · {row.case.runtime.label}: {row.error}", highlight=False)
+            console.print(f"[red]error[/] {row.case.model} · {row.case.runtime.label}: {escape(row.error)}", highlight=False)
     assumptions = sorted({r.peak_assumption for r in report.rows if r.peak_assumption})
     for a in assumptions:
         console.print(f"[dim]peak assumed: {a}[/]", highlight=False)

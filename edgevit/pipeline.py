@@ -6,9 +6,11 @@ one-way dependency (model -> exporter -> artifact -> runtime -> verify/bench).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from torch import nn
@@ -67,8 +69,32 @@ class ExportReport:
     parity: ParityReport | None
 
 
-def build_model(name: str, weights: str | None = None, features_only: bool = False, seed: int = 0) -> nn.Module:
-    return create_model(name, weights=weights, features_only=features_only, seed=seed)
+def build_model(name: str, weights: str | None = None, features_only: bool = False, seed: int = 0,
+                options: dict[str, Any] | None = None) -> nn.Module:
+    """``options`` are the family's constructor overrides (e.g. MAT ``sampler="manual"``); an option the
+    family does not take is a user error, not a TypeError."""
+    try:
+        return create_model(name, weights=weights, features_only=features_only, seed=seed, **(options or {}))
+    except TypeError as exc:
+        if options and "unexpected keyword argument" in str(exc):
+            raise EdgevitError(f"{name} does not take model option(s) {', '.join(options)}: {exc}") from exc
+        raise
+
+
+def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["sampler=manual", "ffn_ratios=(8,8,4,4)"]`` -> dict; values are Python literals or plain strings."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise EdgevitError(f"model option {pair!r} is not KEY=VALUE (e.g. --option sampler=manual)")
+        try:
+            out[key.strip()] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw.strip()
+    return out
 
 
 def export(
@@ -91,12 +117,18 @@ def export(
     precision: str | None = None,
     embed_preprocess: bool = False,
     calib_images: str | Path | None = None,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
+    workspace_gb: float = 4.0,
+    model_options: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Export a registry model and (by default) verify the artifact before it appears under its name.
 
     ``scan`` picks how selective scans (A2Mamba) are written: ``"decomposed"`` standard ops or
     ``"custom"`` one ``edgevit.SelectiveScan`` node each (see ``edgevit.exporters.onnx_scan``).
-    ``precision``, ``embed_preprocess`` and ``calib_images`` are OpenVINO's (see :func:`export_openvino`).
+    ``precision``, ``embed_preprocess`` and ``calib_images`` are OpenVINO's (see :func:`export_openvino`);
+    ``precision``, ``batch`` (the minimum), ``opt_batch``, ``max_batch`` and ``workspace_gb`` TensorRT's.
+    ``model_options`` are constructor overrides, recorded in the artifact so ``verify`` rebuilds the same model.
     A failed verification raises :class:`VerificationError` and leaves no file at ``output``.
     """
     if to not in FORMATS:
@@ -106,23 +138,29 @@ def export(
                                opset=opset, simplify=simplify, weights=weights, features_only=features_only,
                                verify=verify, atol=atol, rtol=rtol, seed=seed, scan=scan,
                                precision=precision or "fp32", embed_preprocess=embed_preprocess,
-                               calib_images=calib_images)
-    if precision is not None or embed_preprocess or calib_images is not None:
-        raise EdgevitError("--precision, --embed-preprocess and --calib-images apply to --to openvino; "
-                           "an ONNX export is always fp32")
+                               calib_images=calib_images, model_options=model_options)
     if to == "tensorrt":
-        raise EdgevitError("use pipeline.export_tensorrt for TensorRT engines")
+        if embed_preprocess or calib_images is not None:
+            raise EdgevitError("--embed-preprocess and --calib-images apply to --to openvino only")
+        return export_tensorrt(name, output, input_size=input_size, precision=precision or "fp16", min_batch=batch,
+                               opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace_gb,
+                               weights=weights, features_only=features_only, scan=scan, verify=verify, rtol=rtol,
+                               seed=seed, model_options=model_options)
+    if precision is not None or embed_preprocess or calib_images is not None:
+        raise EdgevitError("--precision, --embed-preprocess and --calib-images apply to --to openvino/tensorrt; "
+                           "an ONNX export is always fp32")
     name = resolve_name(name)
     card = get_model_card(name)
     size = parse_input_size(input_size, card)
     if batch < 1:
         raise EdgevitError(f"--batch must be at least 1, got {batch}")
-    model = build_model(name, weights, features_only, seed)
+    model = build_model(name, weights, features_only, seed, model_options)
     meta = ArtifactMetadata(
         model=name, input_size=size, mean=card.mean, std=card.std, batch=None if dynamic_batch else batch,
         output_names=tuple(model.output_names), features_only=features_only,
         weights=str(Path(weights).resolve()) if weights else f"random(seed={seed})", seed=seed,
-        edgevit_version=__version__, extra={"scan": scan},
+        edgevit_version=__version__,
+        extra={"scan": scan, **({"model_options": json.dumps(model_options)} if model_options else {})},
     )
     path = Path(output) if output else Path("artifacts") / f"{default_stem(meta)}.onnx"
     t0 = time.perf_counter()
@@ -167,6 +205,7 @@ def export_openvino(
     atol: float = 0.0,
     rtol: float = 1e-4,
     seed: int = 0,
+    model_options: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Verified ONNX -> OpenVINO IR folder (``model.xml``/``.bin``/``manifest.json``) -> parity in OpenVINO f32.
 
@@ -186,7 +225,8 @@ def export_openvino(
         onnx_report = export(name, "onnx", Path(tmpdir) / "model.onnx", input_size=input_size, batch=batch,
                              dynamic_batch=dynamic_batch, opset=opset, simplify=simplify, weights=weights,
                              features_only=features_only, verify=verify, atol=atol,
-                             rtol=rtol if precision == "fp32" else OPENVINO_RTOL["fp32"], seed=seed, scan=scan)
+                             rtol=rtol if precision == "fp32" else OPENVINO_RTOL["fp32"], seed=seed, scan=scan,
+                             model_options=model_options)
         model = ovx.read_onnx(onnx_report.path)
     meta = onnx_report.metadata
     notes: dict[str, object] = {}
@@ -209,7 +249,8 @@ def export_openvino(
         if verify:
             bound = rtol if precision == "fp32" else max(rtol, OPENVINO_RTOL[precision])
             size = meta.input_size
-            reference = runtimes.load(build_model(meta.model, weights, features_only, seed), input_size=size)
+            reference = runtimes.load(build_model(meta.model, weights, features_only, seed, model_options),
+                                      input_size=size)
             parity = verify_runner(reference, runtimes.load(tmp, "openvino", precision="f32"),
                                    DEFAULT_VERIFY_BATCH if dynamic_batch else batch, size, seed=seed,
                                    atol=atol, rtol=bound)
@@ -258,7 +299,8 @@ def verify(
             raise ArtifactError(f"{str(path)!r} was exported with weights {weights!r}, which no longer exist; "
                                 "pass --weights")
     seed_used = meta.seed if meta else seed
-    reference = runtimes.load(build_model(model_name, weights, features_only, seed_used), threads=threads)
+    options = json.loads(meta.extra["model_options"]) if meta and "model_options" in meta.extra else None
+    reference = runtimes.load(build_model(model_name, weights, features_only, seed_used, options), threads=threads)
     static_batch = meta.batch if meta else None
     if batch is not None and static_batch is not None and batch != static_batch:
         raise InputShapeError(f"{str(path)!r} has a fixed batch of {static_batch}; drop --batch or pass {static_batch}")
@@ -307,7 +349,9 @@ def export_tensorrt(
     features_only: bool = False,
     scan: str = "decomposed",
     verify: bool = True,
-    rtol: float | None = None,
+    rtol: float = 1e-4,
+    seed: int = 0,
+    model_options: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Verified ONNX -> operator-support check -> TensorRT engine (+ manifest) -> parity vs PyTorch.
 
@@ -333,7 +377,7 @@ def export_tensorrt(
     with tempfile.TemporaryDirectory() as tmpdir:
         onnx_report = export(name, "onnx", Path(tmpdir) / "model.onnx", input_size=size, batch=min_batch,
                              dynamic_batch=options.dynamic_batch, weights=weights, features_only=features_only,
-                             scan=scan)
+                             scan=scan, seed=seed, model_options=model_options)
         problems = tensorrt_problems(onnx.load(str(onnx_report.path), load_external_data=False))
         if problems:
             raise EdgevitError(f"{name} ONNX graph is not TensorRT-compatible: {'; '.join(problems[:5])}")
@@ -343,10 +387,11 @@ def export_tensorrt(
             tmp_manifest = manifest_path(tmp)
             try:
                 if verify:
-                    bound = rtol if rtol is not None else TENSORRT_RTOL[precision]
-                    reference = runtimes.load(build_model(name, weights, features_only), input_size=size)
-                    parity = verify_runner(reference, runtimes.load(tmp, "tensorrt"), opt_batch or min_batch, size,
-                                           rtol=bound)
+                    bound = max(rtol, TENSORRT_RTOL[precision])
+                    reference = runtimes.load(build_model(name, weights, features_only, seed, model_options),
+                                              input_size=size)
+                    parity = verify_runner(reference, runtimes.load(tmp, "tensorrt"), options.opt_batch, size,
+                                           seed=seed, rtol=bound)
                     if not parity.passed:
                         raise VerificationError(f"{name} TensorRT {precision} engine differs from PyTorch beyond "
                                                 f"rtol={bound:g} ({parity.summary()}); nothing was written")
