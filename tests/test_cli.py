@@ -84,3 +84,19 @@ def test_bench_writes_json(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "| s2aformer-mini | onnxruntime |" in res.stdout
     assert (tmp_path / "p.png").exists()
     assert rows[0]["latency_ms_p50"] <= rows[0]["latency_ms_p99"]
+
+
+def test_model_options_are_recorded_and_replayed_by_verify(tmp_path: Path) -> None:
+    out = tmp_path / "mini10.onnx"
+    res = invoke("export", "s2aformer-mini", "--input-size", "64", "--option", "num_classes=10",
+                 "--option", "mlp_dw=False", "--output", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    from edgevit import runtimes
+
+    runner = runtimes.load(out)
+    assert runner.outputs[0].shape[-1] == 10
+    assert invoke("verify", "s2aformer-mini", str(out)).exit_code == 0  # rebuilt with the same options
+    res = invoke("export", "s2aformer-mini", "--option", "colour=blue")
+    assert res.exit_code == 2 and "does not take model option(s) colour" in res.stderr
+    res = invoke("export", "s2aformer-mini", "--option", "novalue")
+    assert res.exit_code == 2 and "is not KEY=VALUE" in res.stderr
