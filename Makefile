@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edgevit export $(MODEL) --to onnx --output artifacts/$(MODEL).onnx
 	$(BIN)/edgevit verify $(MODEL) artifacts/$(MODEL).onnx
-	$(BIN)/edgevit bench --device cpu --models $(MODEL) --runtimes torch,onnxruntime --json artifacts/bench-$(MODEL).json
+	$(BIN)/edgevit bench --device cpu --models $(MODEL) --runtimes torch,onnxruntime,openvino --json artifacts/bench-$(MODEL).json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

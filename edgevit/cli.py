@@ -386,6 +386,44 @@ def _print_bench_table(report: Any) -> None:
         console.print(f"[dim]peak assumed: {a}[/]", highlight=False)
 
 
+@app.command("bench-scan")
+@user_errors
+def bench_scan(
+    length: Annotated[int, typer.Option(help="Sequence length L (3136 = 56x56, A2Mamba stage 1 at 224).")] = 3136,
+    channels: Annotated[str, typer.Option(help="Comma-separated channel counts.")] = "32,48",
+    threads: Annotated[int | None, typer.Option(help="Threads for torch and ONNX Runtime.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results to this file.")] = None,
+) -> None:
+    """Time the selective scan alone: reference loop vs fast eager kernel vs ONNX Runtime (both scan modes)."""
+    from .bench.ops import selective_scan_benchmark
+
+    try:
+        chans = [int(c) for c in _split(channels)]
+    except ValueError:
+        raise EdgevitError(f"--channels takes integers, e.g. 32,48; got {channels!r}") from None
+    if length < 1 or not chans or min(chans) < 1:
+        raise EdgevitError("--length and --channels must be positive")
+    with _progress() as progress:
+        progress.add_task(f"timing the selective scan at L={length}", total=None)
+        data = selective_scan_benchmark(length, chans, threads=threads)
+    table = Table(title=f"selective scan, L={length}, batch 1, {data['threads']} threads (ms, median)")
+    forms = ("reference_loop_fp64", "eager_chunked", "ort_decomposed", "ort_custom")
+    table.add_column("channels", justify="right")
+    for form in forms:
+        table.add_column(form, justify="right")
+    for case in data["cases"]:  # type: ignore[union-attr]
+        cells = []
+        for form in forms:
+            r = case.get(form)
+            cells.append("—" if r is None else f"{r['ms_p50']:.2f}" + (f" (err {r['max_rel_err']:.1e})"
+                                                                     if "max_rel_err" in r else ""))
+        table.add_row(str(case["channels"]), *cells)
+    console.print(table)
+    if json_out:
+        _write_atomic(json_out, json.dumps(data, indent=2, default=str))
+        console.print(f"results written to {json_out}")
+
+
 @app.command()
 @user_errors
 def report(

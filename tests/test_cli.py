@@ -100,3 +100,14 @@ def test_model_options_are_recorded_and_replayed_by_verify(tmp_path: Path) -> No
     assert res.exit_code == 2 and "does not take model option(s) colour" in res.stderr
     res = invoke("export", "s2aformer-mini", "--option", "novalue")
     assert res.exit_code == 2 and "is not KEY=VALUE" in res.stderr
+
+
+def test_bench_scan_small(tmp_path: Path) -> None:
+    out = tmp_path / "scan.json"
+    res = invoke("bench-scan", "--length", "96", "--channels", "4", "--threads", "1", "--json", str(out))
+    assert res.exit_code == 0, res.output
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["channels"] == 4
+    for form in ("eager_chunked", "ort_decomposed", "ort_custom"):
+        assert case[form]["ms_p50"] > 0 and case[form]["max_rel_err"] <= 1e-5
+    assert invoke("bench-scan", "--channels", "x").exit_code == 2

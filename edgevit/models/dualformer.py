@@ -247,14 +247,6 @@ class DualFormer(Backbone):
         if not features_only:
             self.head = nn.Linear(dims[-1], num_classes)  # A11: GAP + Linear, no final norm
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
-
     def forward_head(self, x: Tensor) -> Tensor:
         return self.head(x.mean(dim=(2, 3)))
 

@@ -86,7 +86,13 @@ class Backbone(nn.Module):
         return ["logits"]
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        raise NotImplementedError
+        """Default layout of every hierarchical family: ``self.stem`` then ``self.stages``, one map each."""
+        x = self.stem(x)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
 
     def forward_head(self, x: Tensor) -> Tensor:
         raise NotImplementedError

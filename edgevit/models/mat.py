@@ -357,14 +357,6 @@ class MAT(Backbone):
         if not features_only:
             self.head = ClassifierHead(dims[-1], num_classes)
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
-
     def forward_head(self, x: Tensor) -> Tensor:
         return self.head(x)
 

@@ -277,14 +277,6 @@ class PartialFormer(Backbone):
             raise InputShapeError(f"{type(self).__name__} needs inputs of at least {self.min_input_size}x"
                                   f"{self.min_input_size} (>= 4 tokens in stage 4), got {h}x{w}")
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
-
     def forward_head(self, x: Tensor) -> Tensor:
         return self.head(self.norm(x.mean(dim=(2, 3))))
 

@@ -154,14 +154,6 @@ class S2AFormer(Backbone):
             self.norm = nn.BatchNorm2d(dims[-1])
             self.head = ClassifierHead(dims[-1], num_classes)
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
-
     def forward_head(self, x: Tensor) -> Tensor:
         return self.head(self.norm(x).mean(dim=(2, 3)))
 
