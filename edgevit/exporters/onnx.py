@@ -34,14 +34,14 @@ class OnnxExportOptions:
     scan: str = "decomposed"  # selective scan as standard ops, or one custom node (see onnx_scan)
 
 
-def _quiet_exporter() -> None:
+def quiet_exporter() -> None:
     # The exporter warns about every torchvision op it cannot register; edgevit never uses torchvision.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, metadata: ArtifactMetadata) -> Path:
     """Export ``model`` (eval mode, BatchNorm folded) to ``path`` with named I/O and edgevit metadata."""
-    _quiet_exporter()
+    quiet_exporter()
     if options.batch < 1:
         raise EdgevitError(f"batch must be >= 1, got {options.batch}")
     check_scan_mode(options.scan)

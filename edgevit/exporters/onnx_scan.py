@@ -143,6 +143,9 @@ def export_selective_scan(example: tuple[Tensor, ...], mode: str = "decomposed",
     """The scan alone as an ONNX model with inputs ``(u, delta, A, Bs, delta_bias)`` shaped like
     ``example``, built exactly as :func:`~edgevit.exporters.onnx.export_onnx` builds a model's scans
     (for op-level tests and benchmarks)."""
+    from .onnx import quiet_exporter
+
+    quiet_exporter()
     with warnings.catch_warnings(), scan_export_mode(mode):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(_ScanOnly(), example, dynamo=True, opset_version=opset, verbose=False,
