@@ -284,8 +284,9 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     models: Annotated[str, typer.Option(help="Comma-separated model names.")] = "s2aformer-t",
     runtimes: Annotated[str, typer.Option(help="Comma-separated: torch, onnxruntime, openvino[:f32|:bf16|:default] "
-                                               "on cpu; torch[:fp32|:fp16], tensorrt[:fp16|:fp32] on cuda.")]
-    = "torch,onnxruntime",
+                                               "on cpu; torch[:fp32|:fp16], tensorrt[:fp16|:fp32] on cuda "
+                                               "(default: torch,onnxruntime on cpu; torch,tensorrt on cuda).")]
+    = None,
     scenario: Annotated[str, typer.Option(help="throughput (batched images/s) or latency (batch 1 percentiles).")]
     = "throughput",
     resolutions: Annotated[str | None, typer.Option(help="Comma-separated sizes, e.g. 224,512,1024 or 256x320.")]
@@ -310,7 +311,8 @@ def bench(
     from .bench.report import to_csv
     from .bench.suite import case_count
 
-    model_list, runtime_list = _split(models), _split(runtimes)
+    model_list = _split(models)
+    runtime_list = _split(runtimes or ("torch,tensorrt" if device == "cuda" else "torch,onnxruntime"))
     res_list = _split(resolutions) if resolutions else None
     try:
         batches = [int(b) for b in _split(batch_size)] if batch_size else None

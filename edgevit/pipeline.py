@@ -43,8 +43,9 @@ def parse_input_size(value: int | str | tuple[int, int] | None, card: ModelCard)
     mult, lo = card.input_multiple, card.min_input_size
     if h < lo or w < lo or h % mult or w % mult:
         up = lambda v: max(lo, -(-v // mult) * mult)  # noqa: E731
-        raise InputShapeError(f"{card.name} needs an input size that is a multiple of {mult} and at least {lo}, "
-                              f"got {h}x{w}; try --input-size {up(h)}x{up(w)}")
+        rule = f"a multiple of {mult} and at least {lo}" if mult > 1 else f"at least {lo}"
+        raise InputShapeError(f"{card.name} needs an input size that is {rule}, got {h}x{w}; "
+                              f"try --input-size {up(h)}x{up(w)}")
     return h, w
 
 

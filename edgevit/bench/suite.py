@@ -208,6 +208,11 @@ def run(models: Sequence[str], runtime_names: Sequence[str], *, device: str = "c
     """Benchmark every (model, resolution, runtime); ``batches`` pairs with ``resolutions`` (one value: all)."""
     if scenario not in SCENARIOS:
         raise EdgevitError(f"unknown scenario {scenario!r}; choose {' or '.join(SCENARIOS)}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EdgevitError("--device cuda needs a CUDA GPU and a CUDA build of torch; none is available here")
     names = [resolve_name(m) for m in models]  # fail fast on a typo, before any timing
     specs = parse_runtimes(runtime_names, device)
     res_list: list[str | int | None] = list(resolutions) if resolutions else [None]
@@ -217,11 +222,6 @@ def run(models: Sequence[str], runtime_names: Sequence[str], *, device: str = "c
         raise EdgevitError("batch sizes must be at least 1")
     if scenario == "latency" and batches and any(b != 1 for b in batches):
         raise EdgevitError("the latency scenario runs batch 1; use --scenario throughput for larger batches")
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise EdgevitError("--device cuda needs a CUDA GPU and a CUDA build of torch; none is available here")
     n_threads = threads or environment.logical_cores()
     import torch
 

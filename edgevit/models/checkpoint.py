@@ -32,7 +32,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure is a bad file, not a bug
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {str(p)!r}: {first}") from exc
+        raise CheckpointError(f"cannot read checkpoint {str(p)!r} as a .pth/.pt/.safetensors file: {first}") from exc
     return unwrap_state_dict(obj, str(p))
 
 
