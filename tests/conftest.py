@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,15 @@ from torch import nn
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Benchmarks cache artifacts; tests must never read or fill the user's cache."""
     monkeypatch.setenv("EDGEVIT_CACHE", str(tmp_path_factory.getbasetemp() / "edgevit-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """Runners take ``threads=`` and PyTorch's thread count is process-wide: a test that asks for one
+    thread must not leave the rest of the suite single-threaded."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:

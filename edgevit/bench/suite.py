@@ -225,7 +225,21 @@ def run(models: Sequence[str], runtime_names: Sequence[str], *, device: str = "c
     n_threads = threads or environment.logical_cores()
     import torch
 
-    torch.set_num_threads(n_threads)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)  # process-wide in PyTorch: restored below
+    try:
+        rows = _run_cases(names, specs, res_list, batches, scenario, device, n_threads, streams, policy, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+    env = environment.collect()
+    env.update(threads=n_threads, streams=streams, scenario=scenario, device=device,
+               timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return BenchReport(env, policy, rows)
+
+
+def _run_cases(names: Sequence[str], specs: Sequence[RuntimeSpec], res_list: Sequence[str | int | None],
+               batches: Sequence[int] | None, scenario: str, device: str, n_threads: int, streams: int | None,
+               policy: TimingPolicy, progress: ProgressFn | None) -> list[BenchRow]:
     rows = []
     for name in names:
         card = get_model_card(name)
@@ -240,10 +254,7 @@ def run(models: Sequence[str], runtime_names: Sequence[str], *, device: str = "c
                 row = run_case(case, policy, progress)
                 row.params_m, row.gmacs = params, gmacs
                 rows.append(row)
-    env = environment.collect()
-    env.update(threads=n_threads, streams=streams, scenario=scenario, device=device,
-               timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    return BenchReport(env, policy, rows)
+    return rows
 
 
 def case_count(models: Sequence[str], runtime_names: Sequence[str], device: str,

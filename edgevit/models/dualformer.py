@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Backbone, ConvBN, LayerNorm2d, SqueezeExcite
+from .layers import Backbone, ConvBN, ConvMlp, LayerNorm2d, SqueezeExcite
 from .paper import throughput_for
 from .registry import ModelCard, ReportedFigures, register_model
 
@@ -162,18 +162,6 @@ class MBConv(nn.Module):
         return self.pw2(self.se(self.dw(self.pw1(x))))
 
 
-class ConvFFN(nn.Module):
-    """1x1 expand, GELU, 1x1 project."""
-
-    def __init__(self, dim: int, ratio: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Conv2d(dim, dim * ratio, 1)
-        self.fc2 = nn.Conv2d(dim * ratio, dim, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class DualBlock(nn.Module):
     """Dual attention block (A3): CPE, LN, channel split -> MBConv || MHPA -> concat -> 1x1, then FFN."""
 
@@ -186,7 +174,7 @@ class DualBlock(nn.Module):
         self.mhpa = PartitionAttention(dim - self.half, HEADS, down, hash_seed)
         self.proj = nn.Conv2d(dim, dim, 1)
         self.norm2 = LayerNorm2d(dim, eps=1e-6)
-        self.ffn = ConvFFN(dim, ffn_ratio)
+        self.ffn = ConvMlp(dim, ffn_ratio)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.cpe(x)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Backbone, ConvBN
+from .layers import Backbone, ConvBN, ConvMlp
 from .registry import ModelCard, ReportedFigures, register_model
 
 PAPER = ("Efficient Vision Transformers with Multi-Scale and Partial Attentions for Object Recognition "
@@ -310,18 +310,6 @@ class IdentityMixer(nn.Module):
         return self.proj_out(self.proj_in(x))
 
 
-class Mlp(nn.Module):
-    """Channel MLP interaction: 1x1 expand by the MLP ratio, GELU, 1x1 back."""
-
-    def __init__(self, dim: int, ratio: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Conv2d(dim, dim * ratio, 1)
-        self.fc2 = nn.Conv2d(dim * ratio, dim, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 _MIXERS: dict[str, type[nn.Module]] = {"msi": MSIMixer, "identity": IdentityMixer}
 
 
@@ -333,7 +321,7 @@ class EMSBlock(nn.Module):
         self.norm1 = nn.BatchNorm2d(dim)
         self.mixer = _MIXERS[mixer](dim)
         self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp = Mlp(dim, mlp_ratio)
+        self.mlp = ConvMlp(dim, mlp_ratio)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.mixer(self.norm1(x))

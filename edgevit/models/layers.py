@@ -45,6 +45,23 @@ class ConvBN(nn.Sequential):
             self.act = act()
 
 
+class ConvMlp(nn.Module):
+    """Channel MLP on NCHW maps: 1x1 expand, optional depth-wise 3x3, GELU, 1x1 project.
+
+    1x1 convs rather than Linear on a permuted tensor keep the graph NCHW end to end (no Transposes).
+    """
+
+    def __init__(self, dim: int, ratio: float, use_dw: bool = False) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if use_dw else nn.Identity()
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.dw(self.fc1(x))))
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation; the squeeze is a plain mean (ONNX ReduceMean), never adaptive pooling.
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Backbone, ConvBN, LayerNorm2d, SqueezeExcite
+from .layers import Backbone, ConvBN, ConvMlp, LayerNorm2d, SqueezeExcite
 from .paper import throughput_for
 from .registry import ModelCard, ReportedFigures, register_model
 
@@ -69,20 +69,6 @@ class LocalInteraction(nn.Module):
         return self.se(F.gelu(self.pw(self.dw(x))))
 
 
-class ConvMlp(nn.Module):
-    """1x1 expand, depth-wise 3x3, GELU, 1x1 project (A7)."""
-
-    def __init__(self, dim: int, ratio: int, use_dw: bool = True) -> None:
-        super().__init__()
-        hidden = dim * ratio
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
-        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if use_dw else nn.Identity()
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.dw(self.fc1(x))))
-
-
 class HybridPerceptionBlock(nn.Module):
     """HPB (Eqs. 1-4): conv positional mixing, SSA, LIM and MLP, each a pre-norm residual."""
 
@@ -94,7 +80,7 @@ class HybridPerceptionBlock(nn.Module):
         self.norm2 = LayerNorm2d(dim, eps=1e-6)
         self.lim = LocalInteraction(dim)
         self.norm3 = LayerNorm2d(dim, eps=1e-6)
-        self.mlp = ConvMlp(dim, mlp_ratio, mlp_dw)
+        self.mlp = ConvMlp(dim, mlp_ratio, use_dw=mlp_dw)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.cpe(x)

@@ -41,6 +41,14 @@ def test_rows_cover_resolutions_and_runtimes(results: dict) -> None:
     assert env["scenario"] == "throughput" and env["threads"] == 1 and env["isa_flags"] is not None
 
 
+def test_benchmark_restores_the_process_thread_count() -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    bench.run(["s2aformer-mini"], ["onnxruntime"], resolutions=["64"], batches=[1], threads=1, policy=FAST)
+    assert torch.get_num_threads() == 2
+
+
 def test_failing_runtime_is_a_row_not_a_crash() -> None:
     rep = bench.run(["s2aformer-mini"], ["openvino:bf16"], resolutions=["64"], batches=[1], threads=1, policy=FAST)
     (row,) = rep.to_dict()["results"]
