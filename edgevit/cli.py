@@ -244,7 +244,9 @@ def _parity_dict(parity: Any) -> dict[str, Any]:
 def verify_cmd(
     model: Annotated[str, typer.Argument(help="Model name the artifact was exported from.")],
     artifact: Annotated[Path, typer.Argument(help="Exported artifact (.onnx, OpenVINO IR folder or .xml).")],
-    runtime: Annotated[str | None, typer.Option(help="Runtime to run the artifact with (default: by suffix).")] = None,
+    runtime: Annotated[str | None, typer.Option("--runtime", "--runtimes",
+                                                help="Runtime to run the artifact with: onnxruntime, openvino, "
+                                                     "tensorrt (default: by suffix).")] = None,
     weights: Annotated[str | None, typer.Option(help="Checkpoint the artifact was exported with.")] = None,
     batch: Annotated[int | None, typer.Option(help="Batch size (default: the artifact's, or 2 if dynamic).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random input batch.")] = 0,
@@ -304,6 +306,8 @@ def bench(
     min_seconds: Annotated[float, typer.Option(help="Minimum timed seconds per run.")] = 1.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results and environment to this file.")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the result rows as CSV.")] = None,
+    artifact: Annotated[Path | None, typer.Option(help="Benchmark this exported .onnx file or IR folder "
+                                                       "(model, size and batch from its metadata).")] = None,
 ) -> None:
     """Throughput or latency of models x runtimes x resolutions, with memory, efficiency and environment."""
     from .bench import TimingPolicy
@@ -322,7 +326,7 @@ def bench(
         raise EdgevitError("--iters and --repeats must be at least 1")
     policy = TimingPolicy(warmup_iters=warmup, warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds,
                           repeats=repeats)
-    total = case_count(model_list, runtime_list, device, res_list)
+    total = case_count(model_list, runtime_list, device, res_list if artifact is None else None)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err_console,
                   transient=True) as progress:
@@ -341,7 +345,8 @@ def bench(
             progress.update(current["task"], completed=done)
 
         report = run_bench(model_list, runtime_list, device=device, scenario=scenario, resolutions=res_list,
-                           batches=batches, threads=threads, streams=streams, policy=policy, progress=on_progress)
+                           batches=batches, threads=threads, streams=streams, policy=policy, progress=on_progress,
+                           artifact=artifact)
     _print_bench_table(report)
     data = report.to_dict()
     for path, text in ((json_out, lambda: json.dumps(data, indent=2, default=str)), (csv_out, lambda: to_csv(data))):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .. import pipeline, runtimes
 from ..errors import EdgevitError
@@ -94,6 +95,7 @@ class BenchCase:
     batch: int
     threads: int
     streams: int | None = None
+    artifact: str | None = None  # a user's exported file/folder, run instead of the cached export
 
 
 @dataclass
@@ -157,6 +159,8 @@ def make_runner(case: BenchCase) -> runtimes.Runner:
     """A runner for one case; artifacts are exported (and verified) once into the cache."""
     spec = case.runtime
     opts = spec.options(case.threads, case.streams)
+    if case.artifact and spec.backend != "torch":
+        return runtimes.load(case.artifact, spec.backend, **opts)
     if spec.backend == "torch":
         return runtimes.load(pipeline.build_model(case.model), "torch", input_size=case.input_size, **opts)
     if spec.artifact == "onnx":
@@ -204,8 +208,15 @@ def default_batch(scenario: str, device: str, input_size: tuple[int, int]) -> in
 def run(models: Sequence[str], runtime_names: Sequence[str], *, device: str = "cpu",
         scenario: str = "throughput", resolutions: Sequence[str | int] | None = None,
         batches: Sequence[int] | None = None, threads: int | None = None, streams: int | None = None,
-        policy: TimingPolicy = TimingPolicy(), progress: ProgressFn | None = None) -> BenchReport:
-    """Benchmark every (model, resolution, runtime); ``batches`` pairs with ``resolutions`` (one value: all)."""
+        policy: TimingPolicy = TimingPolicy(), progress: ProgressFn | None = None,
+        artifact: str | Path | None = None) -> BenchReport:
+    """Benchmark every (model, resolution, runtime); ``batches`` pairs with ``resolutions`` (one value: all).
+
+    With ``artifact``, the model, resolution and (static) batch come from the artifact's metadata and the
+    non-torch runtimes run that file; torch runs the PyTorch model it was exported from, for comparison.
+    """
+    if artifact is not None:
+        models, resolutions, batches = _artifact_case(Path(artifact), batches)
     if scenario not in SCENARIOS:
         raise EdgevitError(f"unknown scenario {scenario!r}; choose {' or '.join(SCENARIOS)}")
     if device == "cuda":
@@ -228,7 +239,8 @@ def run(models: Sequence[str], runtime_names: Sequence[str], *, device: str = "c
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)  # process-wide in PyTorch: restored below
     try:
-        rows = _run_cases(names, specs, res_list, batches, scenario, device, n_threads, streams, policy, progress)
+        rows = _run_cases(names, specs, res_list, batches, scenario, device, n_threads, streams, policy, progress,
+                          str(artifact) if artifact is not None else None)
     finally:
         torch.set_num_threads(previous_threads)
     env = environment.collect()
@@ -239,7 +251,7 @@ def run(models: Sequence[str], runtime_names: Sequence[str], *, device: str = "c
 
 def _run_cases(names: Sequence[str], specs: Sequence[RuntimeSpec], res_list: Sequence[str | int | None],
                batches: Sequence[int] | None, scenario: str, device: str, n_threads: int, streams: int | None,
-               policy: TimingPolicy, progress: ProgressFn | None) -> list[BenchRow]:
+               policy: TimingPolicy, progress: ProgressFn | None, artifact: str | None) -> list[BenchRow]:
     rows = []
     for name in names:
         card = get_model_card(name)
@@ -250,11 +262,23 @@ def _run_cases(names: Sequence[str], specs: Sequence[RuntimeSpec], res_list: Seq
             gmacs = count_macs(model, size).total / 1e9
             batch = (batches[0] if len(batches) == 1 else batches[i]) if batches else default_batch(scenario, device, size)
             for spec in specs:
-                case = BenchCase(name, spec, scenario, size, batch, n_threads, streams)
+                case = BenchCase(name, spec, scenario, size, batch, n_threads, streams, artifact)
                 row = run_case(case, policy, progress)
                 row.params_m, row.gmacs = params, gmacs
                 rows.append(row)
     return rows
+
+
+def _artifact_case(path: Path, batches: Sequence[int] | None) -> tuple[list[str], list[str], list[int] | None]:
+    if not path.exists():
+        raise EdgevitError(f"artifact {str(path)!r} does not exist; export one with `edgevit export`")
+    meta = runtimes.load(path).metadata
+    if meta is None:
+        raise EdgevitError(f"{str(path)!r} carries no edgevit metadata; benchmark it by model name instead")
+    if meta.batch is not None and batches and list(batches) != [meta.batch]:
+        raise EdgevitError(f"{str(path)!r} has a fixed batch of {meta.batch}; drop --batch-size or pass {meta.batch}")
+    size = f"{meta.input_size[0]}x{meta.input_size[1]}"
+    return [meta.model], [size], [meta.batch] if meta.batch is not None else (list(batches) if batches else None)
 
 
 def case_count(models: Sequence[str], runtime_names: Sequence[str], device: str,

@@ -118,3 +118,19 @@ def test_report_rejects_foreign_json(tmp_path: Path) -> None:
     p.write_text(json.dumps({"a": 1}))
     with pytest.raises(EdgevitError, match="not an `edgevit bench --json` file"):
         report.load_results(p)
+
+
+def test_benchmark_a_users_artifact(tmp_path: Path) -> None:
+    from edgevit import pipeline
+
+    out = pipeline.export("s2aformer-mini", output=tmp_path / "mini.onnx", input_size="64x96", batch=2,
+                          verify=False).path
+    rep = bench.run([], ["onnxruntime", "openvino:f32"], artifact=out, threads=1, policy=FAST).to_dict()
+    rows = rep["results"]
+    assert [(r["model"], r["runtime"], r["input_size"], r["batch"]) for r in rows] == [
+        ("s2aformer-mini", "onnxruntime", [64, 96], 2), ("s2aformer-mini", "openvino:f32", [64, 96], 2)]
+    assert all(r["error"] is None and r["images_per_s"] > 0 for r in rows), rows
+    with pytest.raises(EdgevitError, match="fixed batch of 2"):
+        bench.run([], ["onnxruntime"], artifact=out, batches=[4], policy=FAST)
+    with pytest.raises(EdgevitError, match="does not exist"):
+        bench.run([], ["onnxruntime"], artifact=tmp_path / "none.onnx", policy=FAST)
