@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +40,22 @@ def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
     return model
+
+
+def export_with_random_stats(name: str, out_dir: Path, size: tuple[int, int] = (224, 224), batch: int = 1,
+                             features_only: bool = False, rtol: float = 1e-4):
+    """Export ``name`` with random weights *and* non-trivial BatchNorm statistics (saved as a checkpoint so
+    export and reference share them) and assert ONNX Runtime parity within ``rtol``."""
+    from edgevit import pipeline
+    from edgevit.models import create_model
+
+    model = randomize_norm_stats(create_model(name), seed=1)
+    weights = out_dir / f"{name}.pth"
+    torch.save(model.state_dict(), weights)
+    report = pipeline.export(name, "onnx", out_dir / f"{name}-{size[0]}x{size[1]}.onnx", input_size=size,
+                             batch=batch, weights=str(weights), features_only=features_only, rtol=rtol)
+    assert report.parity is not None and report.parity.passed, report.parity.summary()
+    assert report.parity.worst_rel <= rtol
+    print(f"{name} {size[0]}x{size[1]} b{batch}{' features' if features_only else ''}: "
+          f"{report.parity.summary()} ({report.seconds:.0f} s)")
+    return report

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from edgevit import pipeline
-from edgevit.models import create_model
 from edgevit.models import dualformer as df
-from tests.conftest import randomize_norm_stats
+from tests.conftest import export_with_random_stats
 from tests.models.test_dualformer import _mhpa, reference_pool
 
 RTOL = 1e-4
@@ -28,23 +27,9 @@ MHPA_BLOCKS = {"dualformer-t": 10, "dualformer-xs": 10, "dualformer-s": 18, "dua
 DOWNSAMPLED_BLOCKS = {"dualformer-t": 4, "dualformer-xs": 4, "dualformer-s": 8, "dualformer-b": 18}
 
 
-def _checkpoint(name: str, out_dir: Path) -> Path:
-    """Random weights with non-trivial BatchNorm statistics, saved so export and reference share them."""
-    model = randomize_norm_stats(create_model(name), seed=1)
-    path = out_dir / f"{name}.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 def _export(name: str, out_dir: Path, size: tuple[int, int] = (224, 224), batch: int = 1,
             features_only: bool = False) -> pipeline.ExportReport:
-    weights = str(_checkpoint(name, out_dir))
-    report = pipeline.export(name, "onnx", out_dir / f"{name}-{size[0]}x{size[1]}.onnx", input_size=size,
-                             batch=batch, weights=weights, features_only=features_only, rtol=RTOL)
-    assert report.parity is not None and report.parity.passed, report.parity.summary()
-    assert report.parity.worst_rel <= RTOL
-    print(f"{name} {size[0]}x{size[1]} b{batch}: {report.parity.summary()} ({report.seconds:.0f} s)")
-    return report
+    return export_with_random_stats(name, out_dir, size, batch, features_only, RTOL)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
 
 from edgevit import pipeline
 from edgevit.exporters.tensorrt_ops import tensorrt_problems
-from edgevit.models import create_model
-from tests.conftest import randomize_norm_stats
+from tests.conftest import export_with_random_stats
 
 RTOL = 1e-4
 NON_SQUARE = (160, 224)  # stage maps 40x56 .. 5x7: non-divisible pooling on one axis, odd C-MHSA grids
@@ -24,24 +22,9 @@ WIDTHS = {"emsnet-xxtiny": (32, 64, 128, 192), "emsnet-xtiny": (32, 64, 96, 128)
           "emsnet-xtiny-c192": (32, 64, 96, 192), "emsnet-tiny": (64, 96, 128, 256)}
 
 
-def _checkpoint(name: str, out_dir: Path) -> Path:
-    """Random weights with non-trivial BatchNorm statistics (fresh pre-norms are identities)."""
-    model = randomize_norm_stats(create_model(name), seed=1)
-    path = out_dir / f"{name}.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
-def _export(name: str, out_dir: Path, size: tuple[int, int], batch: int = 1,
+def _export(name: str, out_dir: Path, size: tuple[int, int] = (224, 224), batch: int = 1,
             features_only: bool = False) -> pipeline.ExportReport:
-    weights = str(_checkpoint(name, out_dir))
-    report = pipeline.export(name, "onnx", out_dir / f"{name}-{size[0]}x{size[1]}.onnx", input_size=size,
-                             batch=batch, weights=weights, features_only=features_only, rtol=RTOL)
-    assert report.parity is not None and report.parity.passed, report.parity.summary()
-    assert report.parity.worst_rel <= RTOL
-    print(f"{name} {size[0]}x{size[1]} b{batch}{' features' if features_only else ''}: "
-          f"{report.parity.summary()} ({report.seconds:.0f} s)")
-    return report
+    return export_with_random_stats(name, out_dir, size, batch, features_only, RTOL)
 
 
 def check_deployable_graph(path: Path, name: str) -> None:
