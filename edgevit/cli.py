@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from . import __version__
+from . import errors
 from .errors import EdgevitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,20 +32,30 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_USER_ERROR = 2
-EXIT_VERIFY_FAILED = 1
+EXIT_USER_ERROR = errors.EXIT_USER_ERROR
+EXIT_VERIFY_FAILED = errors.EXIT_CHECK_FAILED
+_DEBUG_FLAG = "--debug"
+_state = {"debug": os.environ.get("EDGEVIT_DEBUG", "") not in ("", "0")}
+
+
+def _print_error(message: str) -> None:
+    """One red line on stderr (soft-wrapped by the terminal, never by rich)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def user_errors(fn: F) -> F:
-    """Turn :class:`EdgevitError` into one red line and a non-zero exit instead of a traceback."""
+    """Turn :class:`EdgevitError` into one red line and its exit code (2, or 1 for a failed check) instead
+    of a traceback; with ``--debug`` the error propagates so :func:`main` prints the traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except EdgevitError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_VERIFY_FAILED if type(exc).__name__ == "VerificationError" else EXIT_USER_ERROR)
+            if _state["debug"]:
+                raise
+            _print_error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -65,8 +76,14 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
-    pass
+                                                help="Print the version and exit.")] = False,
+          debug: Annotated[bool, typer.Option(_DEBUG_FLAG, help="Show the full traceback of any error (also "
+                                                                "EDGEVIT_DEBUG=1); may be given anywhere.")]
+          = False) -> None:
+    """Exit codes: 0 success, 1 a failed verification or benchmark, 2 a user error (one line naming the
+    problem and the fix), 3 a bug in edgevit, 130 interrupted."""
+    if debug:
+        _state["debug"] = True
 
 
 @app.command("list")
@@ -452,8 +469,73 @@ def report(
         console.print(f"plot written to {rep.plot(data, plot)}")
 
 
-def main() -> None:
-    app()
+def _take_debug_flag(args: list[str]) -> bool:
+    """Remove ``--debug`` wherever it appears before ``--`` (the root option, accepted after a command too)."""
+    end = args.index("--") if "--" in args else len(args)
+    found = _DEBUG_FLAG in args[:end]
+    args[:end] = [a for a in args[:end] if a != _DEBUG_FLAG]
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _environment_error(exc: BaseException) -> str | None:
+    """A line for failures caused by the machine, not by edgevit: no memory, a full or read-only disk."""
+    from .artifact import WRITE_ERRNOS
+
+    if isinstance(exc, MemoryError):
+        return "out of memory; try a smaller --input-size or --batch, or close other programs"
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"cannot write {where}{exc.strerror or exc}; free some space or choose a writable --output"
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``edgevit`` entry point: applies the exit codes of :mod:`edgevit.errors` to whatever the command
+    raises, so every mistake is one line and only a bug (exit 3) mentions a traceback, shown with --debug."""
+    try:
+        from typer._click import exceptions as usage  # typer >= 0.24 vendors click and raises its exceptions
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as usage  # type: ignore[no-redef]
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if _take_debug_flag(args):
+        _state["debug"] = True
+    debug = _state["debug"]
+    try:
+        code = app(args=args, prog_name="edgevit", standalone_mode=False)
+    except usage.NoArgsIsHelpError as exc:  # bare `edgevit` or `edgevit CMD`: the help, exit 2
+        exc.show()
+        code = exc.exit_code
+    except usage.ClickException as exc:  # usage errors: bad option, missing argument, bad value
+        where = f"; see: {exc.ctx.command_path} --help" if getattr(exc, "ctx", None) is not None else ""
+        _print_error(exc.format_message().replace("\n", " ") + where)
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        code = errors.EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place every other exception is classified
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        line = _environment_error(exc)
+        if isinstance(exc, EdgevitError):
+            _print_error(str(exc))
+            code = exc.exit_code
+        elif line is not None:
+            _print_error(line)
+            code = errors.EXIT_USER_ERROR
+        else:
+            _print_error(f"internal error ({_first_line(exc)}); this is a bug in edgevit. "
+                         f"Re-run with {_DEBUG_FLAG} to see the traceback, and please report it")
+            code = errors.EXIT_BUG
+    if code == errors.EXIT_INTERRUPTED:
+        _print_error("interrupted; nothing half-written was left behind")
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

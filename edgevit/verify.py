@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ArtifactError, VerificationError
 from .runtimes.base import Runner
 
 
@@ -64,12 +65,22 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     if list(reference) != list(candidate):
         # names may differ (e.g. an older artifact); outputs are compared in order
         if len(reference) != len(candidate):
-            raise ValueError(f"output count differs: reference {list(reference)}, artifact {list(candidate)}")
+            raise ArtifactError(f"the artifact has {len(candidate)} outputs {list(candidate)}, the PyTorch model "
+                                f"{len(reference)} {list(reference)}: it was exported from another model or "
+                                "with other options (e.g. --features-only); verify it against the right model")
+    for name, ref in reference.items():
+        if not np.isfinite(ref).all():
+            raise VerificationError(
+                f"the PyTorch reference output {name!r} itself is not finite ({int((~np.isfinite(ref)).sum())} "
+                "NaN/inf values), so there is nothing to compare against: the weights or the model overflow; "
+                "check the checkpoint")
     results = []
     for (name, ref), cand in zip(reference.items(), candidate.values()):
         ref64, cand64 = ref.astype(np.float64), np.asarray(cand).astype(np.float64)
         if ref64.shape != cand64.shape:
-            raise ValueError(f"output {name!r}: reference shape {ref64.shape} vs artifact shape {cand64.shape}")
+            raise ArtifactError(f"output {name!r} has shape {cand64.shape} in the artifact but {ref64.shape} in "
+                                "PyTorch: it was exported from another model or with other options; verify it "
+                                "against the right model")
         diff = np.abs(ref64 - cand64)
         results.append(OutputParity(name, float(diff.max()), float(np.abs(ref64).max()), float(diff.mean())))
     top1 = None
@@ -93,7 +104,8 @@ def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: 
         from .images import synthetic_images, to_tensor
 
         if candidate.metadata is None:
-            raise ValueError("a uint8-input artifact needs its edgevit metadata (mean/std) to be verified")
+            raise ArtifactError("a uint8-input artifact needs its edgevit metadata (mean/std) to be verified; "
+                                "re-export it with `edgevit export --embed-preprocess`")
         feed = synthetic_images(batch, input_size, seed)
         x = to_tensor(feed, candidate.metadata.mean, candidate.metadata.std)
     report = compare_outputs(reference.run(x), candidate.run(feed), atol, rtol)

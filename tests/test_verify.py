@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from edgevit.errors import ArtifactError
 from edgevit.verify import compare_outputs, seeded_inputs
 
 
@@ -20,7 +21,7 @@ def test_top1_disagreement_and_shape_mismatch() -> None:
     ref = {"logits": np.array([[1.0, 2.0], [3.0, 1.0]], dtype=np.float32)}
     out = {"logits": np.array([[2.1, 2.0], [3.0, 1.0]], dtype=np.float32)}
     assert compare_outputs(ref, out, 0.0, 1e-4).top1_agreement == 0.5
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ArtifactError, match="shape"):
         compare_outputs(ref, {"logits": np.zeros((2, 3), np.float32)}, 0.0, 1e-4)
 
 

@@ -21,6 +21,18 @@ from .onnx_scan import attach_scan_functions, check_scan_mode, scan_export_mode,
 from .transforms import fold_batchnorm
 
 DEFAULT_OPSET = 18
+# 18 is the lowest opset the torch.export-based exporter writes: a lower request is "converted" by onnxscript,
+# which fails on these graphs and silently keeps 18. 23 is the highest torch 2.13 declares
+# (torch.onnx._constants.ONNX_MAX_OPSET). Each artifact records the opset actually written.
+MIN_OPSET, MAX_OPSET = 18, 23
+
+
+def check_opset(opset: int) -> int:
+    """Refuse, before any work, an opset the exporter would not really write."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise EdgevitError(f"--opset {opset} is not supported; edgevit writes opsets {MIN_OPSET} to {MAX_OPSET} "
+                           f"(default {DEFAULT_OPSET})")
+    return opset
 INPUT_NAME = "input"
 
 
@@ -32,6 +44,9 @@ class OnnxExportOptions:
     opset: int = DEFAULT_OPSET
     simplify: bool = True
     scan: str = "decomposed"  # selective scan as standard ops, or one custom node (see onnx_scan)
+
+    def __post_init__(self) -> None:
+        check_opset(self.opset)
 
 
 def quiet_exporter() -> None:
@@ -81,7 +96,7 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
         proto = _simplify(proto)
     proto.producer_name = "edgevit"
     props = metadata.to_props()
-    props["edgevit.opset"] = str(options.opset)
+    props["edgevit.opset"] = str(written_opset(proto))
     del proto.metadata_props[:]
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
@@ -89,6 +104,11 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
     path = Path(path)
     onnx.save(proto, str(path))
     return path
+
+
+def written_opset(proto: onnx.ModelProto) -> int:
+    """The default-domain opset the file really declares (what a runtime needs), not the one requested."""
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -105,4 +125,4 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
 def read_metadata(path: str | Path) -> ArtifactMetadata | None:
     """Edgevit metadata of an ONNX file (without loading its weights)."""
     proto = onnx.load(str(path), load_external_data=False)
-    return ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props})
+    return ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))

@@ -217,15 +217,16 @@ def set_metadata(model: Any, meta: ArtifactMetadata) -> None:
         model.set_rt_info(value, [RT_SECTION, key[len(PREFIX):]])
 
 
-def read_metadata(model: Any) -> ArtifactMetadata | None:
+def read_metadata(model: Any, source: str = "the IR") -> ArtifactMetadata | None:
     """Edgevit metadata from an ``ov.Model``'s rt_info: the ``edgevit`` section of an exported IR, or the
     ONNX metadata_props that the ONNX frontend puts under ``framework``; ``None`` for a foreign model."""
     if model.has_rt_info([RT_SECTION]):
         section = model.get_rt_info()[RT_SECTION]
-        return ArtifactMetadata.from_props({PREFIX + k: v.astype(str) for k, v in section.items()})
+        return ArtifactMetadata.from_props({PREFIX + k: v.astype(str) for k, v in section.items()}, source)
     if model.has_rt_info(["framework"]):
         section = model.get_rt_info()["framework"]
-        return ArtifactMetadata.from_props({k: v.astype(str) for k, v in section.items() if k.startswith(PREFIX)})
+        return ArtifactMetadata.from_props({k: v.astype(str) for k, v in section.items() if k.startswith(PREFIX)},
+                                           source)
     return None
 
 

@@ -72,8 +72,18 @@ def backend_for_path(path: Path) -> str:
                         "or pass --runtime")
 
 
+def check_counts(**counts: int | None) -> None:
+    """``threads``/``streams`` given as options must be positive integers (``None``: the runtime's default);
+    checked before any runtime is loaded so a typo costs nothing."""
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EdgevitError(f"--{name} must be a whole number of at least 1 (or left out for the default), "
+                               f"got {value!r}")
+
+
 def load(source: nn.Module | str | Path, backend: str | None = None, **options: Any) -> Runner:
     """Load a model or artifact into a runner; ``options`` go to the backend (e.g. ``threads``)."""
+    check_counts(**{k: options[k] for k in ("threads", "streams") if k in options})
     if isinstance(source, nn.Module):
         return _factory(backend or "torch")(source, **options)
     path = Path(source)
