@@ -229,27 +229,28 @@ def claim_output(path: str | Path, kind: OutputKind, *, force: bool = False,
     path = Path(path)
     if not kind.folder and default_name and (path.is_dir() or raw.endswith(("/", os.sep))):
         path = path / default_name
-    if kind.folder and path.suffix.lower() in (".onnx", ".xml", ".engine", ".json"):
-        if not path.exists():
-            raise OutputPathError(f"an {kind.label} is a folder; pass a folder name as --output, e.g. "
-                                  f"{path.with_suffix('')}")
+    if kind.folder and path.suffix.lower() in (".onnx", ".xml", ".engine", ".json") and not path.exists():
+        raise OutputPathError(f"an {kind.label} is a folder; pass a folder name as --output, e.g. "
+                              f"{path.with_suffix('')}")
     anchor = _nearest_existing(path.parent)
     if not anchor.is_dir():
         raise OutputPathError(f"cannot create {path}: {anchor} is a file, not a folder; choose another --output")
     why = _unwritable(anchor)
     if why:
         raise OutputPathError(f"cannot write {path}: {why} ({anchor}); choose another --output")
+    sweep_temporaries(path.parent)  # what killed runs left here goes before anything new is written
     for target in (path, *kind.companions(path)):
         if not (target.exists() or target.is_symlink()):
             continue
+        shown = target if target.name else target.resolve()  # "." -> the folder's real name
         problem = kind.foreign(path) if target == path else None
         if target != path and not path.exists():
             problem = "is not part of an edgevit artifact"
         if problem:
-            raise OutputPathError(f"{target} already exists and {problem}; edgevit never replaces what it did not "
+            raise OutputPathError(f"{shown} already exists and {problem}; edgevit never replaces what it did not "
                                   "write: choose another --output or move it away")
         if not force:
-            raise OutputPathError(f"{target} holds a previous edgevit {kind.label}; pass --force to replace it, "
+            raise OutputPathError(f"{shown} holds a previous edgevit {kind.label}; pass --force to replace it, "
                                   "or choose another --output")
     return path
 

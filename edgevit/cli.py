@@ -7,11 +7,11 @@ a failed verification exits with 1.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict
 import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,8 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import __version__
-from . import errors
+from . import __version__, errors
 from .errors import EdgevitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -121,7 +120,7 @@ def list_cmd(
         table.add_column("params M\n(ours)", justify="right")
         table.add_column("GMACs\n(ours)", justify="right")
     table.add_column("architecture", no_wrap=True)
-    fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
+    fmt = lambda v, f: "—" if v is None else format(v, f)
     for r in rows:
         cells = [r["name"], "x".join(map(str, r["input_size"])), fmt(r["paper_params_m"], ".2f"),
                  fmt(r["paper_gmacs"], ".3g"), fmt(r["paper_top1"], ".1f")]
@@ -191,7 +190,10 @@ def export(
     model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
     to: Annotated[str, typer.Option("--to", help="Artifact format: onnx, openvino (an IR folder) or tensorrt "
                                                  "(an engine; needs an NVIDIA GPU and edgevit[tensorrt]).")] = "onnx",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact path (default artifacts/...).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact path (default artifacts/...); an "
+                                                "existing folder receives an .onnx/.engine file inside it.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a previous edgevit artifact at --output (never "
+                                                        "anything edgevit did not write).")] = False,
     input_size: Annotated[str | None, typer.Option(help="H or HxW (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
     dynamic_batch: Annotated[bool, typer.Option(help="Make the batch axis dynamic (overrides --batch).")] = False,
@@ -230,7 +232,7 @@ def export(
                                  verify=verify, atol=atol, rtol=rtol, precision=precision,
                                  embed_preprocess=embed_preprocess, calib_images=calib_images, scan=scan,
                                  opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace,
-                                 model_options=pipeline.parse_model_options(option))
+                                 model_options=pipeline.parse_model_options(option), force=force)
     result = {"path": str(report.path), "model": report.metadata.model, "input_size": list(report.metadata.input_size),
               "batch": report.metadata.batch, "outputs": list(report.metadata.output_names),
               "size_mb": round(report.size_bytes / 1e6, 2), "seconds": round(report.seconds, 1),

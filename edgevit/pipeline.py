@@ -16,10 +16,12 @@ from pathlib import Path
 from torch import nn
 
 from . import __version__, runtimes
-from .artifact import ArtifactMetadata, atomic_output, atomic_output_dir
+from .artifact import (ONNX_FILE, OPENVINO_IR, TENSORRT_ENGINE, ArtifactMetadata, atomic_output, atomic_output_dir,
+                       claim_output, scratch_dir)
 from .errors import ArtifactError, EdgevitError, InputShapeError, VerificationError
 from .models import create_model, get_model_card, resolve_name
 from .models.registry import ModelCard
+from .resources import check_forward_fits
 from .verify import ParityReport, verify_runner
 
 FORMATS = ("onnx", "openvino", "tensorrt")
@@ -49,6 +51,12 @@ def parse_input_size(value: int | str | tuple[int, int] | None, card: ModelCard)
     return h, w
 
 
+def _probe_size(card: ModelCard, target: int = 64) -> tuple[int, int]:
+    """The smallest square input near ``target`` the model takes: where a memory estimate is measured."""
+    side = max(card.min_input_size, -(-target // card.input_multiple) * card.input_multiple)
+    return side, side
+
+
 def artifact_stem(name: str, input_size: tuple[int, int], batch: int | None, features_only: bool) -> str:
     b = "bdyn" if batch is None else f"b{batch}"
     return f"{name}-{input_size[0]}x{input_size[1]}-{b}" + ("-features" if features_only else "")
@@ -56,9 +64,12 @@ def artifact_stem(name: str, input_size: tuple[int, int], batch: int | None, fea
 
 def default_stem(meta: ArtifactMetadata) -> str:
     """The artifact name (without suffix) for what ``meta`` describes; a non-default scan mode is named."""
-    scan = meta.extra.get("scan", "decomposed")
-    return artifact_stem(meta.model, meta.input_size, meta.batch, meta.features_only) + (
-        "" if scan == "decomposed" else f"-scan{scan}")
+    return output_stem(meta.model, meta.input_size, meta.batch, meta.features_only, meta.extra.get("scan", "decomposed"))
+
+
+def output_stem(name: str, input_size: tuple[int, int], batch: int | None, features_only: bool, scan: str) -> str:
+    """:func:`default_stem` from the request alone, so the output path is claimed before the model is built."""
+    return artifact_stem(name, input_size, batch, features_only) + ("" if scan == "decomposed" else f"-scan{scan}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,21 @@ def build_model(name: str, weights: str | None = None, features_only: bool = Fal
     except TypeError as exc:
         if options and "unexpected keyword argument" in str(exc):
             raise EdgevitError(f"{name} does not take model option(s) {', '.join(options)}: {exc}") from exc
-        raise
+        if options and "multiple values for keyword argument" in str(exc):
+            raise EdgevitError(f"--option cannot set {str(exc).rsplit(' ', 1)[-1]}: it has its own flag "
+                               "(e.g. --features-only)") from exc
+        if not options:
+            raise
+        raise EdgevitError(f"{name} rejected model option(s) {_options_text(options)}: {exc}") from exc
+    except (ValueError, AssertionError, KeyError, IndexError, ZeroDivisionError, RuntimeError) as exc:
+        if not options:
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgevitError(f"{name} rejected model option(s) {_options_text(options)}: {first}") from exc
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
 
 
 def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -122,6 +147,7 @@ def export(
     max_batch: int | None = None,
     workspace_gb: float = 4.0,
     model_options: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> ExportReport:
     """Export a registry model and (by default) verify the artifact before it appears under its name.
 
@@ -131,6 +157,8 @@ def export(
     ``precision``, ``batch`` (the minimum), ``opt_batch``, ``max_batch`` and ``workspace_gb`` TensorRT's.
     ``model_options`` are constructor overrides, recorded in the artifact so ``verify`` rebuilds the same model.
     A failed verification raises :class:`VerificationError` and leaves no file at ``output``.
+    ``output`` follows :func:`edgevit.artifact.claim_output`: an existing path is replaced only when it is a
+    previous edgevit artifact of the same kind and ``force`` is given; checked before any work.
     """
     if to not in FORMATS:
         raise EdgevitError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
@@ -139,14 +167,14 @@ def export(
                                opset=opset, simplify=simplify, weights=weights, features_only=features_only,
                                verify=verify, atol=atol, rtol=rtol, seed=seed, scan=scan,
                                precision=precision or "fp32", embed_preprocess=embed_preprocess,
-                               calib_images=calib_images, model_options=model_options)
+                               calib_images=calib_images, model_options=model_options, force=force)
     if to == "tensorrt":
         if embed_preprocess or calib_images is not None:
             raise EdgevitError("--embed-preprocess and --calib-images apply to --to openvino only")
         return export_tensorrt(name, output, input_size=input_size, precision=precision or "fp16", min_batch=batch,
                                opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace_gb,
                                weights=weights, features_only=features_only, scan=scan, verify=verify, rtol=rtol,
-                               seed=seed, model_options=model_options)
+                               seed=seed, model_options=model_options, force=force)
     if precision is not None or embed_preprocess or calib_images is not None:
         raise EdgevitError("--precision, --embed-preprocess and --calib-images apply to --to openvino/tensorrt; "
                            "an ONNX export is always fp32")
@@ -155,7 +183,15 @@ def export(
     size = parse_input_size(input_size, card)
     if batch < 1:
         raise EdgevitError(f"--batch must be at least 1, got {batch}")
+    from .exporters.onnx import DEFAULT_OPSET, OnnxExportOptions, check_opset, export_onnx
+
+    check_opset(DEFAULT_OPSET if opset is None else opset)
+    stem = output_stem(name, size, None if dynamic_batch else batch, features_only, scan)
+    path = claim_output(output if output else Path("artifacts") / f"{stem}.onnx", ONNX_FILE, force=force,
+                        default_name=f"{stem}.onnx")
     model = build_model(name, weights, features_only, seed, model_options)
+    check_forward_fits(model, name, size, DEFAULT_VERIFY_BATCH if dynamic_batch else batch,
+                       probe=_probe_size(card))
     meta = ArtifactMetadata(
         model=name, input_size=size, mean=card.mean, std=card.std, batch=None if dynamic_batch else batch,
         output_names=tuple(model.output_names), features_only=features_only,
@@ -163,10 +199,7 @@ def export(
         edgevit_version=__version__,
         extra={"scan": scan, **({"model_options": json.dumps(model_options)} if model_options else {})},
     )
-    path = Path(output) if output else Path("artifacts") / f"{default_stem(meta)}.onnx"
     t0 = time.perf_counter()
-    from .exporters.onnx import DEFAULT_OPSET, OnnxExportOptions, export_onnx
-
     options = OnnxExportOptions(size, batch, dynamic_batch, opset or DEFAULT_OPSET, simplify, scan=scan)
     parity = None
     with atomic_output(path) as tmp:
@@ -207,6 +240,7 @@ def export_openvino(
     rtol: float = 1e-4,
     seed: int = 0,
     model_options: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> ExportReport:
     """Verified ONNX -> OpenVINO IR folder (``model.xml``/``.bin``/``manifest.json``) -> parity in OpenVINO f32.
 
@@ -215,14 +249,21 @@ def export_openvino(
     at least their bound in :data:`OPENVINO_RTOL`. The folder appears under its name only once verified.
     """
     import dataclasses
-    import tempfile
 
     from .exporters import openvino as ovx
 
     options = ovx.OpenVinoExportOptions(precision, embed_preprocess, Path(calib_images) if calib_images else None)
     options.check()
+    card = get_model_card(resolve_name(name))
+    size = parse_input_size(input_size, card)
+    if output is not None and Path(output).suffix.lower() == ".xml":
+        raise EdgevitError(f"an OpenVINO IR is a folder (model.xml, model.bin, manifest.json); pass a folder "
+                           f"as --output, e.g. {Path(output).with_suffix('')}")
+    stem = output_stem(card.name, size, None if dynamic_batch else batch, features_only, scan)
+    path = claim_output(output if output else Path("artifacts") / ovx.ir_dir_name(stem, options), OPENVINO_IR,
+                        force=force)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgevit-openvino-") as tmpdir:
+    with scratch_dir() as tmpdir:
         onnx_report = export(name, "onnx", Path(tmpdir) / "model.onnx", input_size=input_size, batch=batch,
                              dynamic_batch=dynamic_batch, opset=opset, simplify=simplify, weights=weights,
                              features_only=features_only, verify=verify, atol=atol,
@@ -240,10 +281,6 @@ def export_openvino(
         **meta.extra, "format": "openvino", "precision": precision,
         "preprocess": ovx.PREPROCESS_U8 if embed_preprocess else "none",
         **({"calibration": str(notes["calibration"])} if "calibration" in notes else {})})
-    path = Path(output) if output else Path("artifacts") / ovx.ir_dir_name(default_stem(meta), options)
-    if path.suffix.lower() == ".xml":
-        raise EdgevitError(f"an OpenVINO IR is a folder (model.xml, model.bin, manifest.json); pass a folder "
-                           f"as --output, e.g. {path.with_suffix('')}")
     parity = None
     with atomic_output_dir(path) as tmp:
         ovx.save_ir(model, tmp, meta, precision)
@@ -328,7 +365,7 @@ def cached_onnx(name: str, input_size: tuple[int, int], batch: int) -> Path:
         if (meta is not None and meta.edgevit_version == __version__ and meta.model == name
                 and tuple(meta.input_size) == tuple(input_size) and meta.batch == batch):
             return path
-    return export(name, "onnx", path, input_size=input_size, batch=batch).path
+    return export(name, "onnx", path, input_size=input_size, batch=batch, force=True).path
 
 
 # Parity bound for TensorRT engines: fp32 engines (TF32 off) match like ONNX Runtime; fp16 engines keep
@@ -353,13 +390,12 @@ def export_tensorrt(
     rtol: float = 1e-4,
     seed: int = 0,
     model_options: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> ExportReport:
     """Verified ONNX -> operator-support check -> TensorRT engine (+ manifest) -> parity vs PyTorch.
 
     UNVERIFIED on the machines edgevit is developed on (no GPU); see README.
     """
-    import tempfile
-
     import onnx
 
     from .exporters.tensorrt import ENGINE_SUFFIX, TensorRTBuildOptions, build_engine, manifest_path
@@ -373,9 +409,10 @@ def export_tensorrt(
                                    cache_dir() / "tensorrt-timing.cache")
     batch = None if options.dynamic_batch else min_batch
     stem = artifact_stem(name, size, batch, features_only) + f"-{precision}"
-    path = Path(output) if output else Path("artifacts") / f"{stem}{ENGINE_SUFFIX}"
+    path = claim_output(output if output else Path("artifacts") / f"{stem}{ENGINE_SUFFIX}", TENSORRT_ENGINE,
+                        force=force, default_name=f"{stem}{ENGINE_SUFFIX}")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmpdir:
+    with scratch_dir() as tmpdir:
         onnx_report = export(name, "onnx", Path(tmpdir) / "model.onnx", input_size=size, batch=min_batch,
                              dynamic_batch=options.dynamic_batch, weights=weights, features_only=features_only,
                              scan=scan, seed=seed, model_options=model_options)
@@ -417,7 +454,7 @@ def cached_artifact(name: str, fmt: str, input_size: tuple[int, int], batch: int
             meta = ArtifactMetadata.from_props(EngineManifest.read(manifest_path(path)).metadata)
             if meta is not None and meta.edgevit_version == __version__:
                 return path
-        return export_tensorrt(name, path, input_size=input_size, precision=prec, min_batch=batch).path
+        return export_tensorrt(name, path, input_size=input_size, precision=prec, min_batch=batch, force=True).path
     if fmt == "openvino":  # an IR folder per IR precision (fp32/fp16/int8); the runtime precision is separate
         import json
 
@@ -430,5 +467,5 @@ def cached_artifact(name: str, fmt: str, input_size: tuple[int, int], batch: int
             meta = ArtifactMetadata.from_props(json.loads((path / MANIFEST_FILE).read_text()).get("metadata", {}))
             if meta is not None and meta.edgevit_version == __version__:
                 return path
-        return export_openvino(name, path, input_size=input_size, batch=batch, precision=prec).path
+        return export_openvino(name, path, input_size=input_size, batch=batch, precision=prec, force=True).path
     raise EdgevitError(f"no cached artifact format {fmt!r}")

@@ -57,11 +57,11 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
 
 
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, preexec=None,  # noqa: ANN001
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, preexec=None,
         timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m edgevit.cli ARGS`` in a child process (its own exit code, stderr and signals)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "400", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "edgevit.cli", *args], cwd=cwd, env=full_env, capture_output=True,
+    return subprocess.run(check=False, args=[sys.executable, "-m", "edgevit.cli", *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout, preexec_fn=preexec)
 
 
@@ -81,7 +81,7 @@ def permission_checks_apply() -> None:
 
 def can_enforce_permissions() -> bool:
     """False where root cannot drop CAP_DAC_OVERRIDE (no CAP_SETPCAP): chmod'ed folders cannot be tested."""
-    res = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=permission_checks_apply, capture_output=True)
+    res = subprocess.run(check=False, args=[sys.executable, "-c", "pass"], preexec_fn=permission_checks_apply, capture_output=True)
     return res.returncode == 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import stat
 import subprocess
 import sys
@@ -18,18 +17,42 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto
 
 from edgevit import cli, runtimes
-from edgevit.artifact import (ONNX_FILE, OPENVINO_IR, TENSORRT_ENGINE, ArtifactMetadata, atomic_output,
-                              claim_output, sweep_temporaries, temporary_name)
-from edgevit.errors import (EXIT_BUG, ArtifactError, ArtifactWriteError, CheckpointError, EdgevitError,
-                            InputTypeError, OutputPathError, ResourceLimitError, VerificationError)
-from tests.faults_support import (REPO, can_enforce_permissions, edgevit_props, one_error_line,
-                                  permission_checks_apply, snapshot, tiny_ir, tiny_onnx)
+from edgevit.artifact import (
+    ONNX_FILE,
+    OPENVINO_IR,
+    TENSORRT_ENGINE,
+    ArtifactMetadata,
+    atomic_output,
+    claim_output,
+    sweep_temporaries,
+    temporary_name,
+)
+from edgevit.errors import (
+    EXIT_BUG,
+    ArtifactError,
+    ArtifactWriteError,
+    CheckpointError,
+    EdgevitError,
+    InputTypeError,
+    OutputPathError,
+    ResourceLimitError,
+    VerificationError,
+)
+from tests.faults_support import (
+    REPO,
+    can_enforce_permissions,
+    edgevit_props,
+    one_error_line,
+    permission_checks_apply,
+    snapshot,
+    tiny_ir,
+    tiny_onnx,
+)
 
 IR_MANIFEST = '{"format": "openvino-ir", "metadata": {"edgevit.model": "\\"s2aformer-mini\\""}}'
 
@@ -112,7 +135,7 @@ def test_unwritable_target_is_refused_up_front(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     code = (f"from edgevit.artifact import claim_output, ONNX_FILE\n"
             f"claim_output({str(locked / 'm.onnx')!r}, ONNX_FILE)")
-    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+    res = subprocess.run(check=False, args=[sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, preexec_fn=permission_checks_apply)
     assert "OutputPathError" in res.stderr and "permission denied" in res.stderr, res.stderr
 
@@ -198,7 +221,7 @@ def test_a_full_disk_is_one_line_naming_path_and_cause_and_keeps_the_previous_ar
         (final / "model.bin").write_text("previous")
     else:
         final.write_text("previous")
-    res = subprocess.run([sys.executable, "-c", _FULL_DISK_CHILD, str(final)], capture_output=True, text=True,
+    res = subprocess.run(check=False, args=[sys.executable, "-c", _FULL_DISK_CHILD, str(final)], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert f"ArtifactWriteError: cannot write {final}: file too large" in res.stderr, res.stderr
     assert "previous artifact there is kept" in res.stderr

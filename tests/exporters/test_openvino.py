@@ -188,7 +188,8 @@ def test_failed_verification_leaves_nothing_and_keeps_the_old_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "ir"
     out.mkdir()
-    (out / "model.xml").write_text("old")
+    (out / "model.xml").write_text("old")  # a previous edgevit IR (its manifest says so): replaced only with force
+    (out / "manifest.json").write_text('{"metadata": {"edgevit.model": "\\"s2aformer-mini\\""}}')
     real = ovx.read_onnx
 
     def shifted_read(path: Path) -> ov.Model:  # the IR no longer matches the reference
@@ -200,7 +201,7 @@ def test_failed_verification_leaves_nothing_and_keeps_the_old_folder(
 
     monkeypatch.setattr(ovx, "read_onnx", shifted_read)
     with pytest.raises(VerificationError, match="nothing was written"):
-        pipeline.export("s2aformer-mini", "openvino", out, input_size=64)
+        pipeline.export("s2aformer-mini", "openvino", out, input_size=64, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ir"] and (out / "model.xml").read_text() == "old"
 
 
