@@ -18,7 +18,7 @@ from torch import nn
 from . import __version__, runtimes
 from .artifact import ArtifactMetadata, atomic_output, atomic_output_dir
 from .errors import ArtifactError, EdgevitError, InputShapeError, VerificationError
-from .models import create_model, get_model_card, resolve_name
+from .models import create_model, get_model_card, is_generated_weights, resolve_name, weights_label
 from .models.registry import ModelCard
 from .verify import ParityReport, verify_runner
 
@@ -159,7 +159,7 @@ def export(
     meta = ArtifactMetadata(
         model=name, input_size=size, mean=card.mean, std=card.std, batch=None if dynamic_batch else batch,
         output_names=tuple(model.output_names), features_only=features_only,
-        weights=str(Path(weights).resolve()) if weights else f"random(seed={seed})", seed=seed,
+        weights=weights_label(weights, seed), seed=seed,
         edgevit_version=__version__,
         extra={"scan": scan, **({"model_options": json.dumps(model_options)} if model_options else {})},
     )
@@ -294,7 +294,7 @@ def verify(
     card = get_model_card(model_name)
     size = meta.input_size if meta else card.input_size
     features_only = meta.features_only if meta else False
-    if weights is None and meta is not None and not meta.weights.startswith("random("):
+    if weights is None and meta is not None and not is_generated_weights(meta.weights):
         weights = meta.weights
         if not Path(weights).exists():
             raise ArtifactError(f"{str(path)!r} was exported with weights {weights!r}, which no longer exist; "

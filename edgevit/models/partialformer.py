@@ -47,15 +47,27 @@ PAPER_URL = "https://ecva.net/papers/eccv_2024/papers_ECCV/html/11047_ECCV_2024_
 MAX_FOREGROUND = (49, 49, 49, 49)  # A5: N_F = min(49, N // 4) in every stage
 HEAD_HIDDEN = 1280  # A12
 MASK_BIAS = -1e4  # H3: exp underflows to exactly 0 in fp32 and fp16, never NaN
+# Context scores are compared on this grid (see context_score): coarse enough that kernel summation-order
+# noise (~1e-6 absolute on scores of size 0.1-1) almost never crosses a grid line, fine enough that
+# tokens whose scores differ by more than ~1e-3 are still ranked by score.
+SCORE_GRID = 2.0**-10
 
 
 def context_score(tokens: Tensor) -> Tensor:
-    """Per-token context score: channel mean of the pre-norm tokens (A4), always in fp32.
+    """Per-token context score: channel mean of the pre-norm tokens (A4), in fp32, on a grid of SCORE_GRID.
 
     (B, N, d) -> (B, N). The cast comes *before* the mean so a half-precision model still accumulates
     the score in fp32 (hazard H4); for a fp32 model it is a no-op the exporter drops.
+
+    The grid makes ties exact by construction: tokens that are equal in exact arithmetic (a constant
+    image region, padding) come out of GEMM kernels with ulp-level differences that depend on the CPU,
+    the runtime and the row's position in the tile, so an unquantised score would break their tie
+    differently on every machine. ``floor(mean / SCORE_GRID)`` maps all of them to one integer (unless
+    their ~1e-6 spread straddles a grid line, a chance of ~1e-3 per tie), and the tie rule of
+    :func:`select_foreground` then decides identically everywhere. Scaling by a power of two and Floor
+    are exact in every runtime, so the quantised score is a deterministic function of the fp32 mean.
     """
-    return tokens.float().mean(dim=-1)
+    return torch.floor(tokens.float().mean(dim=-1) * (1.0 / SCORE_GRID))
 
 
 def num_foreground(num_tokens: int, max_foreground: int) -> int:
