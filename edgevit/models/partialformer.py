@@ -12,8 +12,9 @@ pseudo-code:
 * **Static token count.** N_F = min(max_foreground, N // 4) is computed in Python from the (static)
   input size (A5, hazard H5), so TopK has a constant K and every gathered tensor has a static shape;
   the graph has no NonZero, Loop or data-dependent shape.
-* **Runtime-independent tie-breaking.** Which tokens win when context scores tie is *defined*: among
-  equal scores the lower token index wins (the order of a stable descending sort). ``torch.topk``
+* **Runtime-independent tie-breaking.** The score lives on a grid of ``SCORE_GRID`` (see
+  :func:`context_score`), so mathematically equal scores are equal numbers in every runtime and on every
+  CPU. Which tokens win when scores tie is *defined*: among equal scores the lower token index wins (the order of a stable descending sort). ``torch.topk``
   makes no promise about ties, so its indices are never used directly. :func:`select_foreground`
   takes only the K-th largest *value* from TopK (a value is the same in every runtime), breaks ties at
   that value by token order with a cumulative sum, and extracts the chosen indices with a second TopK
@@ -328,8 +329,10 @@ _NOTES = (
     "HeadMLP e=4, SQA ChannelMLP r=8, shared W_O on all tokens and the 1280-wide head are fitted "
     "assumptions A1-A13); state_dict keys are edgevit's own. Reported GFLOPs are multiply-accumulates "
     "(conv + linear + attention matmuls). Chapter 5 reports no latency or throughput. "
-    "Token selection: N_F is fixed by the input size (one artifact per resolution, no dynamic H/W); ties "
-    "in the context score go to the lower token index in every runtime (TopK yields only the k-th value; "
+    "Token selection: N_F is fixed by the input size (one artifact per resolution, no dynamic H/W); the "
+    "context score is floor(channel mean / 2^-10), so tokens equal in exact arithmetic (constant regions) "
+    "tie exactly whatever kernel computed them (unless their ~1e-6 spread straddles a grid line, ~1e-3 "
+    "of such ties); ties go to the lower token index in every runtime (TopK yields only the k-th value; "
     "indices come from a tie-free key). Precision: the score and TopK run in fp32 in the exported graph, "
     "but in bf16/fp16 runtimes (OpenVINO CPU defaults to bf16 on AMX/AVX512-BF16, TensorRT FP16) the "
     "tokens feeding the score are computed in low precision, so near-tied tokens can swap between "
