@@ -26,7 +26,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -46,7 +46,7 @@ class ArtifactMetadata:
     input_names: tuple[str, ...] = ("input",)
     output_names: tuple[str, ...] = ("logits",)
     features_only: bool = False
-    weights: str = "random(seed=0)"
+    weights: str = "reference(seed=0)"
     seed: int = 0
     edgevit_version: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -138,64 +138,53 @@ class OutputKind:
     companions: Callable[[Path], tuple[Path, ...]] = lambda path: ()
 
 
-def has_edgevit_model(props: Mapping[str, str]) -> bool:
-    return bool(props.get(PREFIX + "model"))
+MANIFEST_FILE = "manifest.json"  # what a folder artifact says about itself (edgevit's own folders carry one)
 
 
-def onnx_foreign(path: Path) -> str | None:
-    """``None`` for an ONNX file edgevit wrote (it carries ``edgevit.model`` in its metadata_props)."""
-    if not path.is_file():
-        return "is not a file"
-    try:
-        import onnx
-
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - anything unreadable is simply not ours
-        return "is not an ONNX file edgevit wrote"
-    return None if has_edgevit_model({p.key: p.value for p in proto.metadata_props}) else \
-        "is an ONNX file without edgevit metadata"
-
-
-def _manifest_props(manifest: Path) -> Mapping[str, str] | None:
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError):
+def read_manifest(path: Path) -> dict[str, object] | None:
+    """A folder artifact's ``manifest.json`` (``None`` when absent); a corrupted one is one line naming the
+    file and the field, not a JSON traceback."""
+    if not path.exists():
         return None
-    props = data.get("metadata") if isinstance(data, dict) else None
-    return props if isinstance(props, dict) else None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ArtifactError(f"{str(path)!r} is not valid JSON ({exc}); the manifest is corrupted, re-export the "
+                            "artifact with `edgevit export`") from None
+    for key in ("metadata", "files"):
+        if not isinstance(data, dict) or not isinstance(data.get(key, {}), dict):
+            raise ArtifactError(f"{str(path)!r}: field {key!r} should be a JSON object; the manifest is corrupted, "
+                                "re-export the artifact with `edgevit export`")
+    data.setdefault("metadata", {})
+    data.setdefault("files", {})
+    return data
 
 
-def folder_foreign(manifest: str, files: frozenset[str]) -> Callable[[Path], str | None]:
-    """For folder artifacts: ours when ``manifest`` inside carries edgevit metadata and the folder holds
-    nothing but the files edgevit writes there (a user's file added inside keeps the folder from being
-    replaced)."""
+def output_kind(title: str, folder: bool, read_metadata: Callable[[Path], ArtifactMetadata | None],
+                companions: Callable[[Path], Sequence[Path]] = lambda path: ()) -> OutputKind:
+    """The policy's view of a format: a path holds a previous artifact of it when the format's own metadata
+    reader finds edgevit metadata there (ONNX metadata_props, an IR's manifest.json, an engine's manifest)
+    and, for a folder, nothing but the manifest and the files it lists (a user's file added inside keeps
+    the folder from being replaced)."""
 
     def foreign(path: Path) -> str | None:
-        if not path.is_dir():
-            return "is a file, not a folder"
-        props = _manifest_props(path / manifest)
-        if props is None or not has_edgevit_model(props):
-            return f"is a folder without an edgevit {manifest}"
-        others = sorted(p.name for p in path.iterdir() if p.name not in files)
-        if others:
-            return f"holds files edgevit did not write ({', '.join(others[:3])}{', …' if len(others) > 3 else ''})"
+        if folder != path.is_dir():
+            return "is a file, not a folder" if folder else "is a folder, not a file"
+        try:
+            meta = read_metadata(path)
+        except Exception:  # noqa: BLE001 - unreadable or corrupted: not recognisably edgevit's
+            meta = None
+        if meta is None:
+            return f"is not an edgevit {title} (no edgevit metadata)"
+        if folder:
+            manifest = read_manifest(path / MANIFEST_FILE) or {"files": {}}
+            allowed = {MANIFEST_FILE, *map(str, manifest["files"].values())}  # type: ignore[union-attr]
+            others = sorted(p.name for p in path.iterdir() if p.name not in allowed)
+            if others:
+                return f"holds files edgevit did not write ({', '.join(others[:3])}{', …' if len(others) > 3 else ''})"
         return None
 
-    return foreign
-
-
-def sidecar_foreign(suffix: str) -> Callable[[Path], str | None]:
-    """For single files without room for metadata (engines): ours when the manifest ``<stem><suffix>``
-    beside it carries edgevit metadata."""
-
-    def foreign(path: Path) -> str | None:
-        if not path.is_file():
-            return "is not a file"
-        props = _manifest_props(path.with_suffix(suffix))
-        return None if props is not None and has_edgevit_model(props) else \
-            f"has no edgevit manifest {path.with_suffix(suffix).name} beside it"
-
-    return foreign
+    return OutputKind(title, folder, foreign, lambda path: tuple(companions(path)))
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -446,10 +435,3 @@ def atomic_output_dir(final: str | Path) -> Iterator[Path]:
     """:func:`atomic_output` for an artifact made of several files (an OpenVINO IR folder)."""
     return atomic_output(final, folder=True)  # type: ignore[return-value]
 
-
-# The on-disk kinds of the formats edgevit writes (file names as in edgevit.exporters.openvino/tensorrt).
-ONNX_FILE = OutputKind("ONNX file", folder=False, foreign=onnx_foreign)
-OPENVINO_IR = OutputKind("OpenVINO IR folder", folder=True,
-                         foreign=folder_foreign("manifest.json", frozenset({"model.xml", "model.bin", "manifest.json"})))
-TENSORRT_ENGINE = OutputKind("TensorRT engine", folder=False, foreign=sidecar_foreign(".json"),
-                             companions=lambda path: (path.with_suffix(".json"),))

@@ -22,16 +22,7 @@ import torch
 from onnx import TensorProto
 
 from edgevit import cli, runtimes
-from edgevit.artifact import (
-    ONNX_FILE,
-    OPENVINO_IR,
-    TENSORRT_ENGINE,
-    ArtifactMetadata,
-    atomic_output,
-    claim_output,
-    sweep_temporaries,
-    temporary_name,
-)
+from edgevit.artifact import ArtifactMetadata, atomic_output, claim_output, sweep_temporaries, temporary_name
 from edgevit.errors import (
     EXIT_BUG,
     ArtifactError,
@@ -43,6 +34,8 @@ from edgevit.errors import (
     ResourceLimitError,
     VerificationError,
 )
+from edgevit.formats import get_format
+from edgevit.pipeline import artifact_kind
 from tests.faults_support import (
     REPO,
     can_enforce_permissions,
@@ -54,7 +47,9 @@ from tests.faults_support import (
     tiny_onnx,
 )
 
-IR_MANIFEST = '{"format": "openvino-ir", "metadata": {"edgevit.model": "\\"s2aformer-mini\\""}}'
+IR_MANIFEST = ('{"format": "openvino-ir", "files": {"xml": "model.xml", "bin": "model.bin"}, '
+               '"metadata": {"edgevit.model": "\\"s2aformer-mini\\""}}')
+ONNX_FILE, OPENVINO_IR, TENSORRT_ENGINE = (artifact_kind(get_format(f)) for f in ("onnx", "openvino", "tensorrt"))
 
 
 # ----- output-path policy ---------------------------------------------------------------------------------
@@ -73,8 +68,8 @@ def test_an_ir_never_replaces_a_users_folder_file_or_the_current_directory(tmp_p
     foreign_onnx = tiny_onnx(tmp_path / "theirs.onnx")
     monkeypatch.chdir(user_folder)
     before = snapshot(tmp_path)
-    for target, why in ((user_folder, "without an edgevit manifest.json"), (foreign_onnx, "is a file"),
-                        (Path("."), "without an edgevit manifest.json")):
+    for target, why in ((user_folder, "no edgevit metadata"), (foreign_onnx, "is a file"),
+                        (Path("."), "no edgevit metadata")):
         for force in (False, True):
             with pytest.raises(OutputPathError, match=why):
                 claim_output(target, OPENVINO_IR, force=force)
@@ -83,7 +78,7 @@ def test_an_ir_never_replaces_a_users_folder_file_or_the_current_directory(tmp_p
 
 def test_a_previous_edgevit_ir_is_replaced_only_with_force(tmp_path: Path) -> None:
     ir = tiny_ir(tmp_path / "ir", manifest=IR_MANIFEST)
-    with pytest.raises(OutputPathError, match="previous edgevit OpenVINO IR folder; pass --force"):
+    with pytest.raises(OutputPathError, match="previous edgevit OpenVINO IR; pass --force"):
         claim_output(ir, OPENVINO_IR)
     assert claim_output(ir, OPENVINO_IR, force=True) == ir
     (ir / "notes.txt").write_text("mine")  # a user's file inside: replacing the folder would delete it
@@ -95,10 +90,10 @@ def test_onnx_onto_a_folder_is_written_inside_it_and_onto_foreign_files_refused(
                                                                                 user_folder: Path) -> None:
     assert claim_output(user_folder, ONNX_FILE, default_name="m.onnx") == user_folder / "m.onnx"
     assert claim_output(f"{tmp_path}/new/", ONNX_FILE, default_name="m.onnx") == tmp_path / "new" / "m.onnx"
-    with pytest.raises(OutputPathError, match="without edgevit metadata"):
+    with pytest.raises(OutputPathError, match="is not an edgevit ONNX"):
         claim_output(tiny_onnx(tmp_path / "theirs.onnx"), ONNX_FILE, force=True)
     (tmp_path / "notes.onnx").write_text("a text file")
-    with pytest.raises(OutputPathError, match="not an ONNX file edgevit wrote"):
+    with pytest.raises(OutputPathError, match="is not an edgevit ONNX"):
         claim_output(tmp_path / "notes.onnx", ONNX_FILE, force=True)
     ours = tiny_onnx(tmp_path / "ours.onnx", metadata=edgevit_props())
     with pytest.raises(OutputPathError, match="pass --force"):
@@ -107,11 +102,15 @@ def test_onnx_onto_a_folder_is_written_inside_it_and_onto_foreign_files_refused(
 
 
 def test_an_engine_is_ours_only_with_its_manifest(tmp_path: Path) -> None:
+    from edgevit.exporters.tensorrt import EngineManifest
+
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"\0" * 16)
-    with pytest.raises(OutputPathError, match="no edgevit manifest m.json"):
+    with pytest.raises(OutputPathError, match="is not an edgevit TensorRT engine"):
         claim_output(engine, TENSORRT_ENGINE, force=True)
-    (tmp_path / "m.json").write_text('{"metadata": {"edgevit.model": "\\"x\\""}}')
+    shape = [1, 3, 64, 64]
+    EngineManifest("10.0", "gpu", "8.9", "fp16", "input", shape, shape, shape, ["logits"],
+                   metadata=edgevit_props()).write(tmp_path / "m.json")
     assert claim_output(engine, TENSORRT_ENGINE, force=True) == engine
     engine.unlink()  # a lone manifest of the user's name is not edgevit's to overwrite
     with pytest.raises(OutputPathError, match="m.json already exists"):
@@ -346,13 +345,16 @@ def test_memory_estimate_refuses_before_allocating() -> None:
         check_forward_fits(model, "conv", (1000, 1000), 1, (16, 16), available=50 << 20)
 
 
-def test_opset_range_is_checked() -> None:
-    from edgevit.exporters.onnx import MAX_OPSET, MIN_OPSET, check_opset
+def test_the_opset_actually_written_is_recorded() -> None:
+    """--opset 5 used to write opset 18 and record 5; the range is refused up front (formats) and the
+    metadata now reads the file's own opset_import."""
+    from onnx import helper
 
-    assert check_opset(MIN_OPSET) == MIN_OPSET and check_opset(MAX_OPSET) == MAX_OPSET
-    for bad in (5, MIN_OPSET - 1, MAX_OPSET + 1, 99):
-        with pytest.raises(EdgevitError, match=f"--opset {bad} is not supported"):
-            check_opset(bad)
+    from edgevit.exporters.onnx import written_opset
+
+    proto = helper.make_model(helper.make_graph([], "g", [], []), opset_imports=[helper.make_opsetid("edgevit", 1),
+                                                                                helper.make_opsetid("", 21)])
+    assert written_opset(proto) == 21
 
 
 # ----- the CLI's error model ------------------------------------------------------------------------------------

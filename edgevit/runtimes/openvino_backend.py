@@ -9,17 +9,17 @@ the report says so).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..artifact import ArtifactMetadata
+from ..artifact import ArtifactMetadata, read_manifest
 from ..errors import ArtifactError, EdgevitError
 from .base import Runner, RunnerInfo, TensorSpec
 
-# accepted spellings -> OpenVINO's INFERENCE_PRECISION_HINT values
+# edgevit's precision names (fp32/fp16/bf16, as everywhere in edgevit) and OpenVINO's own spellings (aliases)
+# -> OpenVINO's INFERENCE_PRECISION_HINT values
 # "default" leaves the hint unset: the device then picks (bf16 on AMX/AVX512-BF16 CPUs) and the runner
 # reports what it picked, so benchmarks can show what users get out of the box.
 _HINTS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16", "default": None}
@@ -28,18 +28,18 @@ _LABELS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
 class OpenVinoRunner(Runner):
-    """``runtimes.load(path, "openvino", threads=N, precision="f32"|"bf16"|"f16"|"default", streams=N)``.
+    """``runtimes.load(path, "openvino", threads=N, precision="fp32"|"bf16"|"fp16"|"default", streams=N)``.
 
     ``threads`` is INFERENCE_NUM_THREADS, ``streams`` NUM_STREAMS (parallel infer requests; :meth:`run`
     uses one synchronous request, so more than one stream only helps callers that run concurrently).
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, precision: str = "f32",
+    def __init__(self, path: str | Path, *, threads: int | None = None, precision: str = "fp32",
                  streams: int | None = None, device: str = "CPU") -> None:
         import openvino as ov
 
         if precision not in _HINTS:
-            raise EdgevitError(f"unknown OpenVINO precision {precision!r}; choose f32, bf16, f16 or default")
+            raise EdgevitError(f"unknown OpenVINO precision {precision!r}; choose fp32, fp16, bf16 or default")
         core = ov.Core()
         model, self.manifest = _read_model(core, Path(path))
         self.path = Path(path)
@@ -118,24 +118,6 @@ def manifest_file(path: Path) -> Path:
     from ..exporters.openvino import MANIFEST_FILE
 
     return (path if path.is_dir() else path.parent) / MANIFEST_FILE
-
-
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    """``manifest.json`` as a dict (``None`` when absent); corrupted -> one line naming file and field."""
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ArtifactError(f"{str(path)!r} is not valid JSON ({exc}); re-export the IR with `edgevit export "
-                            "MODEL --to openvino`") from None
-    for key, kind in (("metadata", dict), ("files", dict)):
-        if not isinstance(data, dict) or not isinstance(data.get(key, {}), kind):
-            raise ArtifactError(f"{str(path)!r}: field {key!r} should be a JSON object; the manifest is corrupted, "
-                                "re-export the IR")
-    data.setdefault("metadata", {})
-    data.setdefault("files", {})
-    return data
 
 
 def _spec(port: Any) -> TensorSpec:
