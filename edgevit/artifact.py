@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import ArtifactError, ArtifactWriteError, EdgevitError, OutputPathError
@@ -84,6 +84,10 @@ class ArtifactMetadata:
                     raise _corrupted(source, key, f"is not valid JSON ({str(raw)[:40]!r})") from None
             else:
                 extra[name] = str(raw)
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        for name in required:
+            if name not in kwargs:
+                raise _corrupted(source, PREFIX + name, "is missing")
         for name, check, expected in _FIELD_CHECKS:
             if name in kwargs and not check(kwargs[name]):
                 raise _corrupted(source, PREFIX + name, f"should be {expected}, not {kwargs[name]!r:.60}")

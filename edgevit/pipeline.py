@@ -287,7 +287,7 @@ def verify(
         raise ArtifactError(f"artifact {str(path)!r} does not exist; export one with `edgevit export`")
     runner = runtimes.load(path, backend, threads=threads)
     meta = runner.metadata
-    if name is None and meta is None:
+    if not name and meta is None:
         raise ArtifactError(f"{str(path)!r} carries no edgevit metadata; name the model: edgevit verify MODEL {path}")
     model_name = resolve_name(name) if name else meta.model  # type: ignore[union-attr]
     if meta is not None and meta.model != model_name:

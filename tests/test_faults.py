@@ -8,6 +8,7 @@ Exports killed, run concurrently or on a full disk are in ``test_faults_export.p
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import subprocess
@@ -47,8 +48,8 @@ from tests.faults_support import (
     tiny_onnx,
 )
 
-IR_MANIFEST = ('{"format": "openvino-ir", "files": {"xml": "model.xml", "bin": "model.bin"}, '
-               '"metadata": {"edgevit.model": "\\"s2aformer-mini\\""}}')
+IR_MANIFEST = json.dumps({"format": "openvino-ir", "files": {"xml": "model.xml", "bin": "model.bin"},
+                          "metadata": edgevit_props()})
 ONNX_FILE, OPENVINO_IR, TENSORRT_ENGINE = (artifact_kind(get_format(f)) for f in ("onnx", "openvino", "tensorrt"))
 
 
@@ -132,8 +133,9 @@ def test_unwritable_target_is_refused_up_front(tmp_path: Path) -> None:
     locked.mkdir()
     locked.chmod(0o555)
     tmp_path.chmod(0o755)
-    code = (f"from edgevit.artifact import claim_output, ONNX_FILE\n"
-            f"claim_output({str(locked / 'm.onnx')!r}, ONNX_FILE)")
+    code = ("from edgevit.artifact import claim_output\nfrom edgevit.formats import get_format\n"
+            "from edgevit.pipeline import artifact_kind\n"
+            f"claim_output({str(locked / 'm.onnx')!r}, artifact_kind(get_format('onnx')))")
     res = subprocess.run(check=False, args=[sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, preexec_fn=permission_checks_apply)
     assert "OutputPathError" in res.stderr and "permission denied" in res.stderr, res.stderr
@@ -330,8 +332,12 @@ def test_verification_says_when_the_reference_itself_is_not_finite() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x.mean((2, 3)) * float("nan")
 
+    class Mean(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3))
+
     with pytest.raises(VerificationError, match="reference output 'output' itself is not finite"):
-        verify_runner(runtimes.load(Nan()), runtimes.load(torch.nn.Identity()), 1, (8, 8))
+        verify_runner(runtimes.load(Nan()), runtimes.load(Mean()), 1, (8, 8))
 
 
 def test_memory_estimate_refuses_before_allocating() -> None:

@@ -106,7 +106,7 @@ def _other() -> st.SearchStrategy[list[str]]:
                  max_size=4))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(argv=st.one_of(_export(), _verify(), _other()))
 def test_every_outcome_is_an_exit_code_without_traceback_and_failures_write_nothing(workdir: Path,
                                                                                  argv: list[str]) -> None:

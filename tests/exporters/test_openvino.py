@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import edgevit
 from edgevit import pipeline, runtimes
+from edgevit.artifact import ArtifactMetadata
 from edgevit.cli import app
 from edgevit.errors import EdgevitError, VerificationError
 from edgevit.exporters import openvino as ovx
@@ -193,8 +194,8 @@ def test_failed_verification_leaves_nothing_and_keeps_the_old_folder(
     out = tmp_path / "ir"
     out.mkdir()
     (out / "model.xml").write_text("old")  # a previous edgevit IR (its manifest says so): replaced only with force
-    (out / "manifest.json").write_text('{"files": {"xml": "model.xml"}, "metadata": {"edgevit.model": '
-                                       '"\\"s2aformer-mini\\""}}')
+    previous = ArtifactMetadata("s2aformer-mini", (64, 64), (0.5,) * 3, (0.5,) * 3, 1).to_props()
+    (out / "manifest.json").write_text(json.dumps({"files": {"xml": "model.xml"}, "metadata": previous}))
     real = ovx.read_onnx
 
     def shifted_read(path: Path) -> ov.Model:  # the IR no longer matches the reference
