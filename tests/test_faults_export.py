@@ -80,9 +80,27 @@ def _kill_at_random_points(target: Path, env: dict[str, str], signals: tuple[sig
             assert sorted(p.name for p in target.parent.iterdir()) == ["m.onnx"]  # cleaned up on the way out
 
 
+def _kill_once_its_temporary_exists(target: Path, env: dict[str, str]) -> None:
+    """SIGKILL while the new artifact sits under its temporary name (during verification, which runs on the
+    temporary), so the next run has a real leftover to sweep."""
+    before = _digest(target)
+    child = subprocess.Popen([sys.executable, "-m", "edgevit.cli", *EXPORT[:-1], "-o", str(target), "--force"],
+                             cwd=target.parent, env={**os.environ, "PYTHONPATH": str(REPO), **env},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list(target.parent.glob(".m.onnx.edgevit-tmp-*")) and child.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    child.kill()
+    child.wait()
+    assert list(target.parent.glob(".m.onnx.edgevit-tmp-*")), "the export finished before it could be killed"
+    assert _digest(target) == before
+
+
 def test_a_killed_export_keeps_the_previous_artifact_and_the_next_run_sweeps_its_temporaries(workspace) -> None:
     target, _, env = workspace
     _kill_at_random_points(target, env, (signal.SIGKILL,))
+    _kill_once_its_temporary_exists(target, env)
     res = cli(*EXPORT, "-o", str(target), cwd=target.parent, env=env)  # the next run (refused: no --force)
     assert res.returncode == 2 and "pass --force" in one_error_line(res.stderr)
     assert sorted(p.name for p in target.parent.iterdir()) == ["m.onnx"], f"seed {SEED}"
