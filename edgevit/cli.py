@@ -25,7 +25,10 @@ from . import __version__, errors
 from .errors import EdgevitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Export, verify and benchmark efficient vision backbones on every runtime.")
+                  help="Export, verify and benchmark efficient vision backbones on every runtime.\n\n"
+                       "Exit codes: 0 success, 1 a failed verification or benchmark, 2 a user error (one line "
+                       "naming the problem and the fix), 3 a bug in edgevit (--debug shows the traceback), "
+                       "130 interrupted.")
 # Piped output (logs, CI) gets a wide console so tables are not truncated to rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
