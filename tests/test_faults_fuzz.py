@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgevit import cli
@@ -108,6 +108,7 @@ def _other() -> st.SearchStrategy[list[str]]:
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(argv=st.one_of(_export(), _verify(), _other()))
+@example(argv=["verify", "", "theirs.onnx"])  # found by this test: an empty model name and no metadata was a bug
 def test_every_outcome_is_an_exit_code_without_traceback_and_failures_write_nothing(workdir: Path,
                                                                                  argv: list[str]) -> None:
     before = snapshot(workdir)
@@ -141,6 +142,7 @@ REFUSALS = [
     (["export", "s2aformer-mini", "--option", "features_only=True"], "--option cannot set features_only: use --features-only instead"),
     (["export", "s2aformer-mini", "--option", "ffn_ratios=abc"], "does not take model option 'ffn_ratios'"),
     (["verify", "s2aformer-mini", "ours.onnx", "--threads", "-1"], "--threads must be a whole number"),
+    (["verify", "", "theirs.onnx"], "carries no edgevit metadata; name the model"),
     (["verify", "s2aformer-mini", "bad-meta.onnx"], "'edgevit.input_size' is not valid JSON"),
     (["verify", "s2aformer-mini", "ours.onnx"], "output 'logits' has shape"),
     (["verify", "s2aformer-mini", "ours.onnx", "--weights", "photos"], "is a directory"),
