@@ -78,7 +78,7 @@ def load(source: nn.Module | str | Path, backend: str | None = None, **options: 
         return _factory(backend or "torch")(source, **options)
     path = Path(source)
     # a registry name such as "s2aformer-t" has no suffix and no folder part; anything else is a path
-    looks_like_path = bool(path.suffix) or len(path.parts) > 1 or path.exists()
+    looks_like_path = bool(path.suffix) or "/" in str(source) or "\\" in str(source) or path.exists()
     if backend is None and not looks_like_path:
         backend = "torch"
     if backend == "torch" and not path.suffix and not path.exists():
