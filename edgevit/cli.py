@@ -220,7 +220,7 @@ def _progress() -> Progress:
 def export(
     model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
     to: Annotated[str, typer.Option("--to", help="Artifact format: onnx, openvino (an IR folder) or tensorrt "
-                                                 "(an engine; needs an NVIDIA GPU and edgevit[tensorrt]).")] = "onnx",
+                                                 "(an engine; needs an NVIDIA GPU and edgevit\\[tensorrt]).")] = "onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact path (default artifacts/...).")] = None,
     input_size: Annotated[str | None, typer.Option(help="H or HxW (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,

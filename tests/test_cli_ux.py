@@ -55,3 +55,18 @@ def test_a_missing_path_is_no_such_file_not_an_unknown_model(source: str, tmp_pa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ArtifactError, match="no such file"):
         runtimes.load(source)
+
+
+def test_help_keeps_bracketed_text() -> None:
+    """typer renders help as rich markup, which silently eats ``[word]`` (``edgevit[tensorrt]`` became
+    ``edgevit``): every bracketed token of every option's help must survive into ``--help``."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        tokens = {t for p in command.params for t in re.findall(r"\w*\\?\[[^\]\s]*\]", p.help or "")}
+        if not tokens:
+            continue
+        rendered = re.sub(r"[\s│]", "", _table(name, "--help"))
+        for token in tokens:
+            assert token.replace("\\[", "[") in rendered, f"`edgevit {name} --help` lost {token!r}"
