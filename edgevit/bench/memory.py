@@ -102,8 +102,8 @@ def largest_activation_bytes(model: "torch.nn.Module", input_size: tuple[int, in
     return largest
 
 
-def estimate_case_bytes(weights_bytes: int, activation_bytes: int, input_size: tuple[int, int], batch: int) -> int:
-    """Memory one benchmark case needs: two copies of the weights (PyTorch model + runtime), the input batch, and
-    :data:`LIVE_ACTIVATIONS` of the largest activation per image."""
-    per_image = 3 * input_size[0] * input_size[1] * 4 + LIVE_ACTIVATIONS * activation_bytes
-    return 2 * weights_bytes + batch * per_image
+def estimate_case_bytes(weights_bytes: int, activation_bytes: int,
+                        input_size: tuple[int, int]) -> tuple[int, int]:
+    """Memory one benchmark case needs as (fixed, per image): two copies of the weights (PyTorch model +
+    runtime), and per image the input plus :data:`LIVE_ACTIVATIONS` of the largest activation."""
+    return 2 * weights_bytes, 3 * input_size[0] * input_size[1] * 4 + LIVE_ACTIVATIONS * activation_bytes

@@ -354,7 +354,12 @@ class _PlannedCase:
     gmacs: float
     gmacs_paper: float
     paper_convention: str
-    needs_bytes: int
+    fixed_bytes: int
+    per_image_bytes: int
+
+    @property
+    def needs_bytes(self) -> int:
+        return self.fixed_bytes + self.batch * self.per_image_bytes
 
 
 def _plan(names: Sequence[str], res_list: Sequence[str | int | None], batches: Sequence[int] | None,
@@ -369,10 +374,11 @@ def _plan(names: Sequence[str], res_list: Sequence[str | int | None], batches: S
         for i, size in enumerate(sizes):
             macs = count_macs(model, size)
             batch = (batches[0] if len(batches) == 1 else batches[i]) if batches else default_batch(scenario, device, size)
-            needs = memory.estimate_case_bytes(params * 4, memory.largest_activation_bytes(model, size), size, batch)
+            fixed, per_image = memory.estimate_case_bytes(params * 4, memory.largest_activation_bytes(model, size),
+                                                          size)
             plan.append(_PlannedCase(name, size, batch, params / 1e6, macs.total / 1e9,
                                      macs.for_convention(card.reported.macs_convention) / 1e9,
-                                     card.reported.macs_convention, needs))
+                                     card.reported.macs_convention, fixed, per_image))
         del model
     return plan
 
@@ -384,8 +390,7 @@ def _check_memory(plan: Sequence[_PlannedCase]) -> None:
         return
     for item in plan:
         if item.needs_bytes > 0.9 * available:
-            per_image = item.needs_bytes / item.batch
-            fits = max(1, int(0.9 * available / per_image))
+            fits = max(1, int((0.9 * available - item.fixed_bytes) / item.per_image_bytes))
             raise EdgevitError(
                 f"{item.model} at {item.size[0]}x{item.size[1]} with batch {item.batch} needs about "
                 f"{item.needs_bytes / 1e9:.1f} GB (estimate), but {available / 1e9:.1f} GB of RAM is available; "

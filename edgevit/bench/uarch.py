@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+Unit = tuple[int, str, str]  # (MAC/cycle/core, ISA flag, description)
 
 
 @dataclass(frozen=True)
 class Microarchitecture:
-    """One core design. ``macs`` maps a precision to (MAC/cycle/core, the ISA flag that enables it, unit)."""
+    """One core design. ``macs`` maps a precision to its units, widest first: (MAC/cycle/core, the ISA flag that
+    enables it, description); the first unit whose flag the CPU exposes counts."""
 
     name: str
     vendor: str  # /proc/cpuinfo vendor_id
@@ -39,56 +41,61 @@ class Microarchitecture:
     models: tuple[int, ...]
     fma_units: int
     vector_bits: int  # width of one FMA datapath
-    macs: dict[str, tuple[int, str, str]]
+    macs: dict[str, tuple[Unit, ...]]
     source: str
     note: str = ""
 
     def macs_per_cycle(self, precision: str, flags: set[str]) -> tuple[int, str] | None:
-        entry = self.macs.get(precision)
-        if entry is None or entry[1] not in flags:
-            return None
-        return entry[0], entry[2]
+        for macs, flag, unit in self.macs.get(precision, ()):
+            if flag in flags:
+                return macs, unit
+        return None
 
 
 def _r(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(range(lo, hi + 1))
 
 
-def _avx512(fma: int, lanes_bits: int) -> dict[str, tuple[int, str, str]]:
-    """fp32/bf16/fp16/int8 MAC/cycle of ``fma`` FMA pipes of ``lanes_bits`` bits (dot-product instructions)."""
+def _avx512(fma: int, lanes_bits: int) -> dict[str, tuple[Unit, ...]]:
+    """fp32/bf16/int8 MAC/cycle of ``fma`` FMA pipes of ``lanes_bits`` bits (dot-product instructions)."""
     lanes = lanes_bits // 32
-    return {"fp32": (fma * lanes, "fma", f"{fma} FMA x {lanes} fp32"),
-            "bf16": (fma * lanes * 2, "avx512_bf16", f"{fma} x {lanes} VDPBF16PS pairs"),
-            "int8": (fma * lanes * 4, "avx512_vnni", f"{fma} x {lanes} VPDPBUSD quads")}
+    return {"fp32": ((fma * lanes, "fma", f"{fma} FMA x {lanes} fp32"),),
+            "bf16": ((fma * lanes * 2, "avx512_bf16", f"{fma} x {lanes} VDPBF16PS pairs"),),
+            "int8": ((fma * lanes * 4, "avx512_vnni", f"{fma} x {lanes} VPDPBUSD quads"),)}
 
 
-_AMX = {"bf16": (512, "amx_bf16", "AMX-BF16: 1024 bf16 ops/cycle [INTEL-AMX]"),
-        "int8": (1024, "amx_int8", "AMX-INT8: 2048 int8 ops/cycle [INTEL-AMX]")}
+def _with_amx(fp16: tuple[Unit, ...]) -> dict[str, tuple[Unit, ...]]:
+    """Golden Cove+ server cores: AMX tiles first, the AVX-512 units where a hypervisor hides AMX."""
+    base = _avx512(2, 512)
+    return {"fp32": base["fp32"], "fp16": fp16,
+            "bf16": ((512, "amx_bf16", "AMX-BF16: 1024 bf16 ops/cycle [INTEL-AMX]"),) + base["bf16"],
+            "int8": ((1024, "amx_int8", "AMX-INT8: 2048 int8 ops/cycle [INTEL-AMX]"),) + base["int8"]}
+
+
+_AVX512_FP16 = ((64, "avx512_fp16", "2 FMA x 32 fp16"),)
 
 TABLE: tuple[Microarchitecture, ...] = (
     Microarchitecture("Skylake-SP/Cascade Lake/Cooper Lake", "GenuineIntel", 6, (85,), 2, 512, _avx512(2, 512),
                       "[INTEL-OPT]", "Xeon Bronze/Silver and some Gold 5xxx SKUs have one 512-bit FMA unit: half"),
     Microarchitecture("Ice Lake-SP", "GenuineIntel", 6, (106, 108), 2, 512, _avx512(2, 512), "[INTEL-OPT]"),
     Microarchitecture("Sapphire Rapids", "GenuineIntel", 6, (143,), 2, 512,
-                      {**_avx512(2, 512), **_AMX, "fp16": (64, "avx512_fp16", "2 FMA x 32 fp16")},
-                      "[INTEL-OPT], [INTEL-AMX]"),
+                      _with_amx(_AVX512_FP16), "[INTEL-OPT], [INTEL-AMX]"),
     Microarchitecture("Emerald Rapids", "GenuineIntel", 6, (207,), 2, 512,
-                      {**_avx512(2, 512), **_AMX, "fp16": (64, "avx512_fp16", "2 FMA x 32 fp16")},
-                      "[INTEL-OPT], [INTEL-AMX]", "same core as Sapphire Rapids (Raptor Cove)"),
+                      _with_amx(_AVX512_FP16), "[INTEL-OPT], [INTEL-AMX]", "same core as Sapphire Rapids (Raptor Cove)"),
     Microarchitecture("Granite Rapids", "GenuineIntel", 6, (173, 174), 2, 512,
-                      {**_avx512(2, 512), **_AMX, "fp16": (512, "amx_fp16", "AMX-FP16: 1024 fp16 ops/cycle")},
+                      _with_amx(((512, "amx_fp16", "AMX-FP16: 1024 fp16 ops/cycle [INTEL-AMX]"),) + _AVX512_FP16),
                       "[INTEL-OPT], [INTEL-AMX]"),
     Microarchitecture("Skylake..Comet Lake (client)", "GenuineIntel", 6, (78, 94, 142, 158, 165, 166), 2, 256,
-                      {"fp32": (16, "fma", "2 FMA x 8 fp32")}, "[INTEL-OPT]"),
+                      {"fp32": ((16, "fma", "2 FMA x 8 fp32"),)}, "[INTEL-OPT]"),
     Microarchitecture("Alder/Raptor Lake (P-core)", "GenuineIntel", 6, (151, 154, 183, 186, 191), 2, 256,
-                      {"fp32": (16, "fma", "2 FMA x 8 fp32"), "int8": (64, "avx_vnni", "2 x 8 AVX-VNNI quads")},
+                      {"fp32": ((16, "fma", "2 FMA x 8 fp32"),), "int8": ((64, "avx_vnni", "2 x 8 AVX-VNNI quads"),)},
                       "[INTEL-OPT]", "E-cores reach half; the figure assumes P-cores"),
     Microarchitecture("Zen/Zen+", "AuthenticAMD", 23, (1, 8, 17, 24), 2, 128,
-                      {"fp32": (8, "fma", "2 FMA x 4 fp32")}, "[AMD-17H]"),
+                      {"fp32": ((8, "fma", "2 FMA x 4 fp32"),)}, "[AMD-17H]"),
     Microarchitecture("Zen 2", "AuthenticAMD", 23, (49, 71, 96, 104, 113, 144), 2, 256,
-                      {"fp32": (16, "fma", "2 FMA x 8 fp32")}, "[AMD-17H]"),
+                      {"fp32": ((16, "fma", "2 FMA x 8 fp32"),)}, "[AMD-17H]"),
     Microarchitecture("Zen 3", "AuthenticAMD", 25, _r(0x00, 0x0F) + _r(0x20, 0x2F) + _r(0x40, 0x5F), 2, 256,
-                      {"fp32": (16, "fma", "2 FMA x 8 fp32")}, "[AMD-19H]"),
+                      {"fp32": ((16, "fma", "2 FMA x 8 fp32"),)}, "[AMD-19H]"),
     Microarchitecture("Zen 4", "AuthenticAMD", 25, _r(0x10, 0x1F) + _r(0x60, 0x7F) + _r(0xA0, 0xAF), 2, 256,
                       _avx512(2, 256), "[AMD-19H]", "AVX-512 executes on two 256-bit pipes"),
     Microarchitecture("Zen 5", "AuthenticAMD", 26, _r(0x00, 0x1F) + _r(0x40, 0x4F), 2, 512, _avx512(2, 512),
