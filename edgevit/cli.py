@@ -442,7 +442,7 @@ _RUNTIME_ABBREV = {"torch": "pt", "torch:channels-last": "pt:cl", "torch:bf16": 
                    "tensorrt:fp16": "trt:fp16", "tensorrt:fp32": "trt:fp32"}
 _LEGEND = ("pt = PyTorch eager (cl: channels-last, bf16: autocast, comp: torch.compile/inductor), ort = ONNX "
            "Runtime, ov = OpenVINO (def: the device's default precision), cu = PyTorch CUDA, trt = TensorRT · "
-           "img/s = median of runs, ± = (max-min)/median · %roof = all-op GMAC/s over the measured GEMM roof of "
+           "img/s = median of runs, ± = (max-min)/median, p50 = median latency of a call (ms) · %roof = all-op GMAC/s over the measured GEMM roof of "
            "that precision · ref/s = benchmark_app / plain ORT session on the same file · load / inf MB = RSS "
            "growth while loading / peak while running")
 
@@ -461,6 +461,13 @@ def _num(v: float | None, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
 
+def _sig(v: float | None) -> str:
+    """At least 4 significant digits in at most 7 characters: 12345, 1234.5, 123.45, 0.1234 (JSON has all)."""
+    if v is None:
+        return "—"
+    return f"{v:.0f}" if v >= 10_000 else f"{v:.1f}" if v >= 1000 else f"{v:.2f}" if v >= 1 else f"{v:.4f}"
+
+
 def _print_bench_table(report: Any) -> None:
     from rich import box
 
@@ -472,11 +479,13 @@ def _print_bench_table(report: Any) -> None:
     if shared_shape and rows:
         c = rows[0].case
         title += f" · {c.input_size[0]}x{c.input_size[1]} · batch {c.batch}"
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True)
     cols = ["model", "rt", "prec"] + ([] if shared_shape else ["in", "b"]) + [
-        "img/s", "±%", "p50 ms", "%roof", "ref/s", "load MB", "inf MB"]
+        "img/s", "±%", "p50", "%roof", "ref/s", "ld MB", "inf MB"]
     for col in cols:
-        table.add_column(col, justify="left" if col in ("model", "rt", "prec") else "right", no_wrap=True)
+        # never an ellipsis: if a terminal is narrower than the table, a cell folds onto a second line
+        table.add_column(col, justify="left" if col in ("model", "rt", "prec") else "right", overflow="fold")
     for row in rows:
         c = row.case
         base = [c.model, _RUNTIME_ABBREV.get(c.runtime.label, c.runtime.label), row.precision or "—"]
@@ -488,8 +497,8 @@ def _print_bench_table(report: Any) -> None:
         m, p = row.measurement, row.measurement.pooled
         ref = row.reference.get("images_per_s") if row.reference else None
         mem = row.cuda_peak_mb if row.cuda_peak_mb is not None else row.infer_mb
-        table.add_row(*base, f"{m.images_per_s:.2f}", f"{100 * m.spread:.1f}", f"{p.p50:.1f}",
-                      _num(100 * row.roof_fraction if row.roof_fraction else None, ".1f"), _num(ref, ".2f"),
+        table.add_row(*base, _sig(m.images_per_s), f"{100 * m.spread:.1f}", _sig(p.p50),
+                      _num(100 * row.roof_fraction if row.roof_fraction else None, ".1f"), _sig(ref),
                       _num(row.load_mb, ".0f"), _num(mem, ".0f"))
     console.print(table, width=min(console.width, 100))
     for row in rows:
