@@ -452,7 +452,7 @@ _RUNTIME_ABBREV = {"torch": "pt", "torch:channels-last": "pt:cl", "torch:bf16": 
 _LEGEND = ("pt = PyTorch eager (cl: channels-last, bf16: autocast, comp: torch.compile/inductor), ort = ONNX "
            "Runtime, ov = OpenVINO (def: the device's default precision), cu = PyTorch CUDA, trt = TensorRT · "
            "img/s = median of runs, ± = (max-min)/median, p50 = median latency of a call (ms) · %roof = all-op GMAC/s over the measured GEMM roof of "
-           "that precision · ref/s = benchmark_app / plain ORT session on the same file · load / inf MB = RSS "
+           "that precision · ref/s = benchmark_app / plain ORT session on the same file · ld / inf MB = RSS "
            "growth while loading / peak while running")
 
 

@@ -179,7 +179,8 @@ def figure(data: dict) -> "matplotlib.figure.Figure":
                 paper_drawn = True
     handles, labels = ax1.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    ax1.legend(unique.values(), unique.keys(), fontsize=7)
+    ax1.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left")
+    ax1.set_ylim(0, ax1.get_ylim()[1] * 1.3)  # headroom for the legend above the bars
     ax1.set_xticks([i + 0.4 - width / 2 for i in range(len(models))], models, rotation=30, ha="right")
     ax1.set_ylabel("images/s")
     ax1.set_title("Throughput per runtime")
@@ -191,6 +192,7 @@ def figure(data: dict) -> "matplotlib.figure.Figure":
             for r in pts:
                 ax.annotate(label(r), (r[key], r["images_per_s"]), textcoords="offset points", xytext=(4, 3),
                             fontsize=7)
+        ax.margins(x=0.25, y=0.15)  # room for the point labels
         ax.set_xlabel(xlabel)
         ax.set_ylabel("images/s")
         ax.set_title(f"Throughput vs {xlabel.split(' (')[0]}")

@@ -143,7 +143,7 @@ def read_cpuid(text: str | None = None) -> CpuId:
             info.setdefault(key.strip(), value.strip())
     as_int = lambda v: int(v) if v and v.isdigit() else None  # noqa: E731
     return CpuId(info.get("vendor_id", ""), as_int(info.get("cpu family")), as_int(info.get("model")),
-                 info.get("model name", ""), frozenset((info.get("flags") or info.get("Features") or "").split()))
+                 info.get("model name") or info.get("Model", ""), frozenset((info.get("flags") or info.get("Features") or "").split()))
 
 
 def lookup(cpu: CpuId) -> Microarchitecture | None:
