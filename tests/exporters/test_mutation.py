@@ -138,6 +138,18 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
 }
 
 
+# NOT equivalent, and still accepted by verification: open gaps of the reference weights (issue 19), listed
+# so that any *other* survivor fails the test, and so that fixing one of these fails it too (update here).
+# (family, op, "last", mutation): the last CumSum/Exp of A2Mamba-N at 64x64 form the carry decay
+# exp(cumsum(a)) * carry_in of the last stage-3 scan (L = 16, two chunks of 8); its effect on the logits
+# measured 1e-6..7e-5 relative, below the 1e-4 tolerance.
+KNOWN_WEAK: dict[tuple[str, str, str, str], str] = {
+    ("a2mamba-n", "CumSum", "last", "exclusive"): "last scan's carry decay, 1.2e-6 relative",
+    ("a2mamba-n", "CumSum", "last", "reverse"): "last scan's carry decay, 6.8e-5 relative",
+    ("a2mamba-n", "Exp", "last", "->Softplus"): "last scan's carry decay, 3.5e-5 relative",
+}
+
+
 @dataclass
 class Mutant:
     family: str
@@ -150,6 +162,11 @@ class Mutant:
     @property
     def key(self) -> tuple[str, str, str]:
         return self.family, self.op, self.mutation
+
+    @property
+    def weak_key(self) -> tuple[str, str, str, str]:
+        return self.family, self.op, "last" if self.occurrence == self.total - 1 else str(self.occurrence), \
+            self.mutation
 
     def label(self) -> str:
         return f"{self.op}#{self.occurrence + 1}/{self.total} {self.mutation}"
@@ -222,7 +239,7 @@ def _run(name: str, kinds: tuple[str, ...] | None, backend: str, tmp_path: Path,
          tmp_path_factory: pytest.TempPathFactory) -> None:
     artifact = _artifact(name, str(tmp_path_factory.getbasetemp()))
     all_mutants = mutants(name, onnx.load(str(artifact)), kinds)
-    survivors, killed, excluded = [], 0, 0
+    survivors, killed, excluded, known = [], 0, 0, []
     for m in all_mutants:
         if m.key in EQUIVALENT:
             excluded += 1
@@ -231,11 +248,14 @@ def _run(name: str, kinds: tuple[str, ...] | None, backend: str, tmp_path: Path,
         dead, how = rejected(name, artifact, m, tmp_path, backend)
         killed += dead
         print(f"  {name} {backend} {m.label():40s} {'killed' if dead else 'SURVIVED'} ({how})")
-        if not dead:
+        if m.weak_key in KNOWN_WEAK:
+            known.append((m.weak_key, dead))
+        elif not dead:
             survivors.append(f"{m.label()} ({how})")
     print(f"{name} {backend}: tried {len(all_mutants)}, killed {killed}, excluded {excluded}, "
-          f"survived {len(survivors)}")
+          f"known weak {sum(not d for _, d in known)}, other survivors {len(survivors)}")
     assert not survivors, f"{name}: verification in {backend} accepted mutants: {survivors}"
+    assert not [k for k, dead in known if dead], "a KNOWN_WEAK mutant is now killed: remove it from the list"
 
 
 def _families(fast: tuple[str, ...]) -> list:
