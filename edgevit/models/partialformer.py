@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..errors import InputShapeError
 from .layers import Backbone, LayerNorm2d
-from .registry import ModelCard, ReportedFigures, register_model
+from .registry import NUM_CLASSES, ModelCard, ModelOption, ReportedFigures, register_model
 
 PAPER = ("Efficient Vision Transformers with Multi-Scale and Partial Attentions for Object Recognition "
          "(X.-T. Vo, doctoral dissertation, University of Ulsan, 2023), chapter 5; published as "
@@ -358,6 +358,9 @@ def _register() -> None:
                 source="Dissertation Table 5.1 (params, GFLOPs as MACs), Tables 5.2/5.3 (top-1, 224, 300 ep)",
             ),
             notes=_NOTES,
+            options=(NUM_CLASSES,
+                     ModelOption("max_foreground", "ints", "foreground tokens per stage", minimum=1, length=4),
+                     ModelOption("mlp_ratio", "int", "MLP expansion", minimum=1)),
         )
 
         def build(v: _Variant = v, **kw) -> PartialFormer:
