@@ -115,7 +115,7 @@ FAST_KINDS: dict[str, tuple[str, ...]] = {
     "s2aformer-mini": ("Softmax", "Sigmoid", "LayerNormalization", "ReduceMean", "Add", "Mul"),
     "mat-1": ("GridSample", "Softmax", "LayerNormalization", "Add", "Mul", "Erf"),
     "a2mamba-n": ("CumSum", "Softplus", "Exp", "Where", "Softmax", "LayerNormalization", "Sigmoid", "Mul"),
-    "dualformer-t": ("GreaterOrEqual", "ReduceMax", "DepthToSpace", "Sigmoid", "Softmax", "Where", "Div",
+    "dualformer-t": ("GreaterOrEqual", "ReduceMax", "DepthToSpace", "Sigmoid", "Exp", "Where", "Div",
                      "LayerNormalization"),
     "partialformer-b0": ("TopK", "CumSum", "ScatterElements", "Floor", "ReduceMean", "Softmax",
                          "LayerNormalization", "Greater"),
