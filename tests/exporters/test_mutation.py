@@ -132,6 +132,12 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "negating every bit of one hyperplane renames the partitions (code k <-> k xor 2^b): MHPA pools, "
         "weighs (one importance MLP shared by all groups, normalised over groups) and scatters per "
         "partition, so it is invariant to partition labels; differs only on exact zeros, as above",
+    ("dualformer-t", "Where", "swap branches"):
+        "both Where kinds of MHPA only pick the per-group stabiliser c_k of the segment softmax "
+        "e = exp(x - c_k) (group max, or 0 for empty groups); swapped, c_k becomes 0 or the max over the "
+        "other groups' tokens, still one finite constant per (group, channel), and intra = sum(e t) / sum(e) "
+        "is invariant to it; differs only by exp overflow/underflow (|x| ~ 1 here) or when one group holds "
+        "every token. Measured 2.6e-6..3.2e-6 relative, rounding level",
     ("partialformer-b0", "Floor", "->Ceil"):
         "ceil(s) = floor(s) + 1 for every non-integer score, a constant shift of all scores of a block, "
         "which TopK and the tie rule ignore; it differs only for scores exactly on the 2^-10 grid",
