@@ -153,6 +153,11 @@ KNOWN_WEAK: dict[tuple[str, str, str, str], str] = {
     ("a2mamba-n", "CumSum", "last", "exclusive"): "last scan's carry decay, 1.2e-6 relative",
     ("a2mamba-n", "CumSum", "last", "reverse"): "last scan's carry decay, 6.8e-5 relative",
     ("a2mamba-n", "Exp", "last", "->Softplus"): "last scan's carry decay, 3.5e-5 relative",
+    # PartialFormer's CumSum ranks tokens *tied* at the k-th score; verification's seeded normal input has
+    # no tie at the N_F boundary, so the tie path is not exercised (1.05e-6): it is covered only by the
+    # constructed ties of test_partialformer_onnx.py (test_selection_ties_in_onnxruntime, tied images)
+    **{("partialformer-b0", "CumSum", occ, mut): "tie rank unused without a boundary tie"
+       for occ in ("0", "8", "last") for mut in ("exclusive", "reverse")},
 }
 
 
