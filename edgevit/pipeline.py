@@ -24,7 +24,7 @@ from .artifact import ArtifactMetadata, atomic_output, atomic_output_dir
 from .cache import cache_dir
 from .errors import ArtifactError, EdgevitError, InputShapeError, VerificationError
 from .formats import FOLDER, FORMATS, FP32_RTOL, Format, check_precision, format_options, get_format
-from .models import create_model, get_model_card, resolve_name
+from .models import create_model, get_model_card, is_generated_weights, resolve_name, weights_label
 from .models.registry import ModelCard
 from .runtimes import Runner
 from .verify import ParityReport, verify_runner
@@ -155,7 +155,7 @@ def export(model: str, to: str = "onnx", output: str | Path | None = None, optio
     meta = ArtifactMetadata(
         model=name, input_size=size, mean=card.mean, std=card.std, batch=batch,
         output_names=tuple(net.output_names), features_only=opts.features_only,
-        weights=str(Path(opts.weights).resolve()) if opts.weights else f"random(seed={opts.seed})", seed=opts.seed,
+        weights=weights_label(opts.weights, opts.seed), seed=opts.seed,
         edgevit_version=__version__,
         extra={"model_options": json.dumps(opts.model_options)} if opts.model_options else {},
     )
@@ -259,7 +259,7 @@ def verify(
     card = get_model_card(model_name)
     size = meta.input_size if meta else card.input_size
     features_only = meta.features_only if meta else False
-    if weights is None and meta is not None and not meta.weights.startswith("random("):
+    if weights is None and meta is not None and not is_generated_weights(meta.weights):
         weights = meta.weights
         if not Path(weights).exists():
             raise ArtifactError(f"{str(path)!r} was exported with weights {weights!r}, which no longer exist; "

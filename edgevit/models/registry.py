@@ -174,9 +174,9 @@ def create_model(
 ) -> nn.Module:
     """Build a registered model in eval mode.
 
-    Random weights are drawn from a fixed ``seed`` so that a model exported without a checkpoint can be
-    rebuilt bit-identically later (``edgevit verify`` relies on this). ``weights`` loads a local
-    checkpoint; ``features_only`` returns the four stage feature maps (strides 4/8/16/32) instead of
+    Without ``weights`` the model gets the reference weights of :mod:`edgevit.models.init` for ``seed``
+    (every path carries signal, so verification can see a wrong graph), rebuilt identically later
+    (``edgevit verify`` relies on this). ``weights`` loads a local checkpoint instead; ``features_only`` returns the four stage feature maps (strides 4/8/16/32) instead of
     logits and drops the classifier.
     """
     entry = _REGISTRY[resolve_name(name)]
@@ -189,4 +189,8 @@ def create_model(
         from .checkpoint import load_checkpoint
 
         load_checkpoint(model, weights)
+    else:
+        from .init import reference_init
+
+        reference_init(model, seed)
     return model.eval()

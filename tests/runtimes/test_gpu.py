@@ -51,6 +51,8 @@ def test_tensorrt_engine_matches_pytorch(tmp_path: Path) -> None:
                              format_options=format_options("tensorrt", precision="fp32"))
     runner = runtimes.load(report.path)
     x = seeded_inputs(1, (224, 224))
-    parity = compare_outputs(runtimes.load("s2aformer-mini").run(x), runner.run(x), atol=0.0, rtol=1e-3)
+    # the README's fp32 bound (TF32 is off in fp32 engines); export already verified at this bound
+    parity = compare_outputs(runtimes.load("s2aformer-mini").run(x), runner.run(x), atol=0.0,
+                             rtol=pipeline.TENSORRT_RTOL["fp32"])
     assert parity.passed, parity.summary()
     assert np.isfinite(next(iter(runner.run(x).values()))).all()
