@@ -259,12 +259,10 @@ def export(
 ) -> None:
     """Export a model; the artifact appears under its name only once it has been verified."""
     from . import pipeline
-    from .formats import format_options
+    from .formats import all_cli_options, format_options
 
-    flags = {"opset": opset, "simplify": simplify, "scan": scan, "precision": precision,
-             "embed_preprocess": embed_preprocess, "calib_images": calib_images, "opt_batch": opt_batch,
-             "max_batch": max_batch, "workspace": workspace}
-    given = {k: v for k, v in flags.items() if v is not None}  # only what the user typed
+    values = locals()  # every format option of the table is a parameter of this command (tests/test_formats.py)
+    given = {k: values[k] for k in all_cli_options() if values[k] is not None}  # only what the user typed
     fopts = format_options(to, **given)
     common = pipeline.ExportOptions(input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, weights=weights,
                                     features_only=features_only, model_options=pipeline.parse_model_options(option),
@@ -308,7 +306,8 @@ def verify_cmd(
     weights: Annotated[str | None, typer.Option(help="Checkpoint the artifact was exported with.")] = None,
     batch: Annotated[int | None, typer.Option(help="Batch size (default: the artifact's, or 2 if dynamic).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random input batch.")] = 0,
-    rtol: Annotated[float, typer.Option(help="Max abs error / max |reference| allowed.")] = 1e-4,
+    rtol: Annotated[float | None, typer.Option(help="Max abs error / max |reference| allowed (default: the bound "
+                                                    "export used for the artifact's format and precision).")] = None,
     atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
     threads: Annotated[int | None, typer.Option(help="Threads for both runtimes.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -328,12 +327,12 @@ def verify_cmd(
             table.add_column(col, justify="right")
         for o in report.outputs:
             table.add_row(o.name, f"{o.max_abs:.3e}", f"{o.max_ref:.3e}", f"{o.rel:.3e}", f"{o.mean_abs:.3e}",
-                          "[green]✓[/]" if o.passes(atol, rtol) else "[red]✗[/]")
+                          "[green]✓[/]" if o.passes(report.atol, report.rtol) else "[red]✗[/]")
         console.print(table)
         if report.top1_agreement is not None:
             console.print(f"top-1 agreement: {report.top1_agreement:.1%}")
         verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
-        console.print(f"{verdict} at rtol={rtol:g} atol={atol:g}")
+        console.print(f"{verdict} at rtol={report.rtol:g} atol={report.atol:g}")
     if not report.passed:
         raise typer.Exit(EXIT_VERIFY_FAILED)
 
