@@ -30,7 +30,7 @@ from .artifact import (
 )
 from .cache import cache_dir
 from .errors import ArtifactError, EdgevitError, InputShapeError, VerificationError
-from .formats import FOLDER, FORMATS, Format, check_precision, format_options, get_format
+from .formats import FOLDER, FORMATS, FP32_RTOL, Format, check_precision, format_options, get_format
 from .models import create_model, get_model_card, is_generated_weights, resolve_name, weights_label
 from .models.registry import ModelCard
 from .resources import check_forward_fits
@@ -278,10 +278,13 @@ def verify(
     batch: int | None = None,
     seed: int = 0,
     atol: float = 0.0,
-    rtol: float = 1e-4,
+    rtol: float | None = None,
     threads: int | None = None,
 ) -> ParityReport:
-    """Compare an artifact with the PyTorch model described by its metadata (or by ``name``)."""
+    """Compare an artifact with the PyTorch model described by its metadata (or by ``name``).
+
+    ``rtol=None`` takes the bound of the artifact's format and precision (as ``export`` does), from its
+    metadata; an artifact without them is held to the fp32 bound."""
     path = Path(artifact)
     if not path.exists():
         raise ArtifactError(f"artifact {str(path)!r} does not exist; export one with `edgevit export`")
@@ -307,7 +310,17 @@ def verify(
     if batch is not None and static_batch is not None and batch != static_batch:
         raise InputShapeError(f"{str(path)!r} has a fixed batch of {static_batch}; drop --batch or pass {static_batch}")
     n = batch or static_batch or DEFAULT_VERIFY_BATCH
+    if rtol is None:
+        rtol = default_rtol(meta)
     return verify_runner(reference, runner, n, size, seed=seed, atol=atol, rtol=rtol)
+
+
+def default_rtol(meta: ArtifactMetadata | None) -> float:
+    """The export-time bound for an artifact's format and precision (fp32's for a foreign artifact)."""
+    extra = meta.extra if meta is not None else {}
+    fmt = FORMATS.get(extra.get("format", ""))
+    precision = extra.get("precision", "fp32")
+    return fmt.tolerance[precision] if fmt is not None and precision in fmt.tolerance else FP32_RTOL
 
 
 def cached_onnx(name: str, input_size: tuple[int, int], batch: int) -> Path:

@@ -108,6 +108,8 @@ def test_fp16_stores_half_the_weights_and_stays_close(tmp_path_factory: pytest.T
     manifest = json.loads((fp16 / "manifest.json").read_text())
     assert manifest["precision"] == "fp16" and manifest["parity"]["rtol"] == FORMATS["openvino"].tolerance["fp16"]
     assert 1e-6 < manifest["parity"]["max_rel"] <= 1e-2  # weights really were rounded, and only a little
+    report = pipeline.verify(None, fp16)  # held to the bound export used for its format and precision
+    assert report.passed and report.rtol == FORMATS["openvino"].tolerance["fp16"]
 
 
 def test_embedded_preprocessing_takes_uint8_nhwc(tmp_path_factory: pytest.TempPathFactory) -> None:
