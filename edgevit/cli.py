@@ -23,6 +23,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import EdgevitError
+from .quantization.accuracy import EVAL_COUNT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export, verify and benchmark efficient vision backbones on every runtime.")
@@ -123,6 +124,7 @@ def info(
 ) -> None:
     """Model card, measured params and MACs (by kind of op) and the paper's figures."""
     from .models import count_macs, count_params, create_model, get_model_card
+    from .models.int8_rules import keep_float_rules
     from .models.paper import figures_for
     from .pipeline import parse_input_size
 
@@ -132,6 +134,7 @@ def info(
     macs = count_macs(net, size)
     data = card.to_dict()
     data["paper_figures"] = [asdict(f) for f in figures_for(card.name)]
+    data["int8_keep_float"] = [asdict(rule) for rule in keep_float_rules(card.family)]
     data["measured"] = {"input_size": list(size), "params": count_params(net), "macs_total": macs.total,
                         "macs_by_kind": macs.by_kind,
                         "macs_paper_convention": macs.for_convention(card.reported.macs_convention)}
@@ -158,6 +161,7 @@ def info(
                                      for f in figures_for(card.name)) or "—"),
         ("source", rep.source),
         ("notes", card.notes),
+        ("int8: kept in float", "\n".join(rule.describe() for rule in keep_float_rules(card.family))),
     ]:
         table.add_row(key, value)
     console.print(table)
@@ -217,11 +221,14 @@ def export(
     result = {"path": str(report.path), "model": report.metadata.model, "input_size": list(report.metadata.input_size),
               "batch": report.metadata.batch, "outputs": list(report.metadata.output_names),
               "size_mb": round(report.size_bytes / 1e6, 2), "seconds": round(report.seconds, 1),
-              "verified": report.parity is not None}
+              "verified": report.parity is not None or report.agreement is not None}
     result.update({k: report.metadata.extra[k] for k in ("precision", "preprocess", "calibration", "scan")
                    if k in report.metadata.extra})
     if report.parity is not None:
         result.update(_parity_dict(report.parity))
+    if report.agreement is not None:
+        result["agreement"] = report.agreement.to_dict()
+        result.update(passed=report.agreement.passed, runtime=report.agreement.candidate)
     if as_json:
         _print_json(result)
         return
@@ -230,6 +237,8 @@ def export(
         console.print(f"  int8 calibration: {result['calibration']}", highlight=False)
     if report.parity is not None:
         console.print(f"  verified in {report.parity.candidate or 'ONNX Runtime'}: {report.parity.summary()}")
+    if report.agreement is not None:
+        console.print(f"  verified against fp32 PyTorch: {report.agreement.summary()}", highlight=False)
 
 
 def _parity_dict(parity: Any) -> dict[str, Any]:
@@ -253,15 +262,29 @@ def verify_cmd(
     rtol: Annotated[float, typer.Option(help="Max abs error / max |reference| allowed.")] = 1e-4,
     atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
     threads: Annotated[int | None, typer.Option(help="Threads for both runtimes.")] = None,
+    eval_images: Annotated[int, typer.Option(help="int8 artifacts: images of the fixed evaluation set compared "
+                                                  "with fp32 (top-1/top-5 agreement).")] = EVAL_COUNT,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Run the same seeded inputs through PyTorch and the artifact; exit 1 above tolerance."""
+    """Run the same seeded inputs through PyTorch and the artifact; exit 1 above tolerance (int8: below the
+    top-1 agreement threshold)."""
     from . import pipeline
+    from .quantization.accuracy import AgreementReport
 
     with _progress() as progress:
         progress.add_task(f"verifying {artifact}", total=None)
         report = pipeline.verify(model, artifact, backend=runtime, weights=weights, batch=batch, seed=seed,
-                                 atol=atol, rtol=rtol, threads=threads)
+                                 atol=atol, rtol=rtol, threads=threads, eval_images=eval_images)
+    if isinstance(report, AgreementReport):
+        if as_json:
+            _print_json({**report.to_dict(), "runtime": report.candidate})
+        else:
+            verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
+            console.print(f"{verdict} {artifact} ({report.candidate}) vs fp32 PyTorch: {report.summary()}",
+                          highlight=False)
+        if not report.passed:
+            raise typer.Exit(EXIT_VERIFY_FAILED)
+        return
     if as_json:
         _print_json(_parity_dict(report))
     else:
