@@ -201,6 +201,8 @@ def export(
     embed_preprocess: Annotated[bool, typer.Option(help="OpenVINO: take uint8 NHWC RGB, normalise inside.")] = False,
     calib_images: Annotated[Path | None, typer.Option(help="OpenVINO int8: folder of calibration images "
                                                             "(default: a synthetic set).")] = None,
+    eval_images: Annotated[int, typer.Option(help="int8: images of the fixed evaluation set on which top-1 "
+                                                  "agreement with fp32 is verified.")] = EVAL_COUNT,
     scan: Annotated[str, typer.Option(help="A2Mamba selective scans: decomposed (standard ops) or custom (one "
                                            "edgevit.SelectiveScan node each, body shipped as an ONNX function).")
                     ] = "decomposed",
@@ -217,7 +219,7 @@ def export(
                                  verify=verify, atol=atol, rtol=rtol, precision=precision,
                                  embed_preprocess=embed_preprocess, calib_images=calib_images, scan=scan,
                                  opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace,
-                                 model_options=pipeline.parse_model_options(option))
+                                 model_options=pipeline.parse_model_options(option), eval_images=eval_images)
     result = {"path": str(report.path), "model": report.metadata.model, "input_size": list(report.metadata.input_size),
               "batch": report.metadata.batch, "outputs": list(report.metadata.output_names),
               "size_mb": round(report.size_bytes / 1e6, 2), "seconds": round(report.seconds, 1),

@@ -124,6 +124,7 @@ def export(
     max_batch: int | None = None,
     workspace_gb: float = 4.0,
     model_options: dict[str, Any] | None = None,
+    eval_images: int = EVAL_COUNT,
 ) -> ExportReport:
     """Export a registry model and (by default) verify the artifact before it appears under its name.
 
@@ -141,7 +142,7 @@ def export(
                                opset=opset, simplify=simplify, weights=weights, features_only=features_only,
                                verify=verify, atol=atol, rtol=rtol, seed=seed, scan=scan,
                                precision=precision or "fp32", embed_preprocess=embed_preprocess,
-                               calib_images=calib_images, model_options=model_options)
+                               calib_images=calib_images, model_options=model_options, eval_images=eval_images)
     if to == "tensorrt":
         if embed_preprocess or calib_images is not None:
             raise EdgevitError("--embed-preprocess and --calib-images apply to --to openvino only")

@@ -1,0 +1,85 @@
+"""ONNX QDQ INT8: integer kernels really run in ONNX Runtime, the family's float rules hold in the written
+graph, metadata survives, and the result agrees with fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgevit import pipeline, runtimes
+from edgevit.models import create_model, get_model_card
+from edgevit.models.int8_rules import keep_float_rules
+from edgevit.quantization.accuracy import measure_agreement
+from edgevit.quantization.calibration import CalibrationSource
+from edgevit.quantization.onnx_qdq import quantize_qdq
+from tests.openvino_support import small_size, smallest_per_family
+
+_FP32: dict[str, Path] = {}
+
+
+def _quantized(name: str, factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    size = small_size(name)
+    if name not in _FP32:
+        _FP32[name] = pipeline.export(name, "onnx", factory.mktemp("qdq") / "fp32.onnx", input_size=size,
+                                      verify=False).path
+    src = _FP32[name]
+    card = get_model_card(name)
+    samples = CalibrationSource(count=4).batches(size, card.mean, card.std, 1)
+    dst = src.with_name("int8.onnx")
+    keep = quantize_qdq(onnx.load(str(src)), dst, samples, keep_float_rules(card.family))
+    return src, dst, keep
+
+
+def test_s2aformer_convolutions_run_as_integer_kernels(tmp_path_factory: pytest.TempPathFactory,
+                                                       tmp_path: Path) -> None:
+    src, dst, keep = _quantized("s2aformer-mini", tmp_path_factory)
+    model = onnx.load(str(dst))
+    assert {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}.items() <= {
+        p.key: p.value for p in model.metadata_props}.items()
+    # ONNX Runtime fuses every quantized Conv into QLinearConv (u8 activations, s8 weights); with int8
+    # activations most of them would stay float Convs on dequantized inputs, slower than fp32
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(dst), opts, providers=["CPUExecutionProvider"])
+    kinds = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(src)).graph.node)
+    assert kinds.count("QLinearConv") == n_conv and "Conv" not in kinds
+    # the kept nodes (the classifier head here) keep float weights
+    assert set(keep.values()) <= {r.describe() for r in keep_float_rules("S2AFormer")} | {
+        "produces a graph output (logits stay float)"}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in keep and node.op_type in ("Conv", "MatMul", "Gemm"):
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                       for i in node.input[1:]), node.name
+
+
+def test_family_rules_hold_in_the_written_graph(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """PartialFormer: the ops computing the context score read no quantized weights; the others do."""
+    _, dst, keep = _quantized("partialformer-b0", tmp_path_factory)
+    reasons = set(keep.values())
+    assert any(r.startswith("ops computing TopK") for r in reasons)
+    model = onnx.load(str(dst))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    quantized_weights = {n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+                         and any(i in producers and producers[i].op_type == "DequantizeLinear" for i in n.input)}
+    assert quantized_weights and not quantized_weights & set(keep)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", smallest_per_family())
+def test_smallest_variant_of_every_family_agrees_with_fp32(name: str,
+                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    _, dst, _ = _quantized(name, tmp_path_factory)
+    card, size = get_model_card(name), small_size(name)
+    runner = runtimes.load(dst, "onnxruntime")
+    assert runner.info.precision == "int8+fp32"
+    report = measure_agreement(runtimes.load(create_model(name), input_size=size), runner, size, card.mean,
+                               card.std, count=64)
+    print(name, report.summary())
+    assert report.passed and np.isfinite(report.max_rel)
