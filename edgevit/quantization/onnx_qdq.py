@@ -18,15 +18,21 @@ quantization. The recipe:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from ..artifact import ArtifactMetadata
 from ..errors import BackendUnavailableError
-from ..models.int8_rules import KeepFloat
+from ..models.int8_rules import KeepFloat, keep_float_rules
+from .calibration import CalibrationSource
 from .float_rules import QUANTIZABLE, GraphView, kept_in_float
 
 OUTPUT_REASON = "produces a graph output (logits stay float)"
@@ -58,6 +64,28 @@ def float_nodes(model: onnx.ModelProto, rules: Sequence[KeepFloat]) -> dict[str,
         if node.op_type in QUANTIZABLE and outputs.intersection(node.output):
             keep.setdefault(node.name, OUTPUT_REASON)
     return keep
+
+
+def export_int8(export_fp32: Callable[[Path], object], path: Path, calibration: CalibrationSource,
+                meta: ArtifactMetadata) -> ArtifactMetadata:
+    """The ONNX row's int8 artifact: ``export_fp32(tmp)`` writes the fp32 graph, which is quantized into
+    ``path`` with the family's keep-in-float rules; the metadata records the calibration and what stayed
+    float (node count per reason)."""
+    from ..models.registry import get_model_card
+
+    samples = calibration.batches(meta.input_size, meta.mean, meta.std, meta.batch)
+    with tempfile.TemporaryDirectory(prefix="edgevit-int8-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_fp32(fp32)
+        keep = quantize_qdq(onnx.load(str(fp32)), path, samples, keep_float_rules(get_model_card(meta.model).family))
+    meta = replace(meta, extra={**meta.extra, "precision": "int8", "calibration": calibration.describe(),
+                                "kept_in_float": json.dumps(dict(Counter(keep.values())))})
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+    return meta
 
 
 def quantize_qdq(model: onnx.ModelProto, output: Path, samples: Sequence[np.ndarray],

@@ -37,7 +37,7 @@ def test_evaluation_set_is_fixed_structured_and_not_the_calibration_set() -> Non
     corr = np.corrcoef(x[:, :, 1:].ravel(), x[:, :, :-1].ravel())[0, 1]
     assert corr > 0.8
     # ... and there are edges the smooth background alone does not have (the shapes)
-    edges = lambda imgs: np.abs(np.diff(imgs.astype(np.float64), axis=2)).max(axis=(1, 2, 3))  # noqa: E731
+    edges = lambda imgs: np.abs(np.diff(imgs.astype(np.float64), axis=2)).max(axis=(1, 2, 3))
     assert (edges(a) > 2 * edges(synthetic_images(8, (48, 64), 20260))).mean() >= 0.75
 
 

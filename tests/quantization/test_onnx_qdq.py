@@ -11,9 +11,11 @@ import onnxruntime as ort
 import pytest
 
 from edgevit import pipeline, runtimes
+from edgevit.errors import EdgevitError, VerificationError
+from edgevit.formats import format_options
 from edgevit.models import create_model, get_model_card
 from edgevit.models.int8_rules import keep_float_rules
-from edgevit.quantization.accuracy import measure_agreement
+from edgevit.quantization.accuracy import AgreementReport, measure_agreement
 from edgevit.quantization.calibration import CalibrationSource
 from edgevit.quantization.onnx_qdq import quantize_qdq
 from tests.openvino_support import small_size, smallest_per_family
@@ -83,3 +85,30 @@ def test_smallest_variant_of_every_family_agrees_with_fp32(name: str,
                                card.std, count=64)
     print(name, report.summary())
     assert report.passed and np.isfinite(report.max_rel)
+
+
+def test_export_int8_onnx_is_verified_by_agreement(tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    report = pipeline.export("s2aformer-mini", "onnx", out, input_size=64, eval_images=16,
+                             format_options=format_options("onnx", precision="int8"))
+    assert report.parity is None and report.agreement is not None and report.agreement.passed
+    assert report.agreement.images == 16 and report.agreement.candidate == "onnxruntime (int8+fp32)"
+    meta = runtimes.load(out).metadata
+    assert meta is not None and meta.extra["precision"] == "int8" and meta.extra["calibration"].startswith("synthetic")
+    again = pipeline.verify(None, out, eval_images=16)
+    assert isinstance(again, AgreementReport) and again.top1 == report.agreement.top1
+    with pytest.raises(EdgevitError, match="verified by top-1 agreement"):
+        pipeline.export("s2aformer-mini", "onnx", tmp_path / "r.onnx", input_size=64, rtol=1e-2,
+                        format_options=format_options("onnx", precision="int8"))
+
+
+def test_miscalibrated_int8_fails_verification_and_writes_nothing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibration ranges from inputs 1000x too small (a preprocessing mismatch) saturate every activation:
+    the agreement check must catch it before the artifact appears."""
+    real = CalibrationSource.batches
+    monkeypatch.setattr(CalibrationSource, "batches", lambda self, *a: [b * 1e-3 for b in real(self, *a)])
+    with pytest.raises(VerificationError, match="disagrees with fp32"):
+        pipeline.export("s2aformer-mini", "onnx", tmp_path / "q.onnx", input_size=64, eval_images=32,
+                        format_options=format_options("onnx", precision="int8"))
+    assert list(tmp_path.iterdir()) == []
