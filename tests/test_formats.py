@@ -98,8 +98,8 @@ def test_every_allowed_option_changes_the_artifact_or_is_refused(to: str, tmp_pa
 
 
 @pytest.mark.parametrize("args,needle", [
-    (("--workspace", "2"), "--to onnx does not take --workspace; it takes --precision, --calib-images, --opset, "
-                           "--simplify/--no-simplify, --scan"),
+    (("--workspace", "2"), ("--to onnx does not take --workspace; it takes --precision, --calib-images, --opset, "
+                            "--simplify/--no-simplify, --scan")),
     (("--embed-preprocess",), "--to onnx does not take --embed-preprocess"),  # given explicitly, even if false
     (("--to", "openvino", "--max-batch", "4", "--no-simplify"), "--to openvino does not take --max-batch; it takes"),
     (("--to", "tensorrt", "--embed-preprocess"), "--to tensorrt does not take --embed-preprocess"),
