@@ -73,10 +73,19 @@ class OnnxOptions:
 def export_artifact(model: nn.Module, path: Path, options: OnnxOptions, metadata: ArtifactMetadata) -> ArtifactMetadata:
     """The ONNX row's exporter: ``model`` -> ``path`` for ``metadata``'s input size and batch (None: dynamic).
 
-    ``--scan custom`` on a model without selective scans would change nothing, so it is refused.
+    ``--scan custom`` on a model without selective scans would change nothing, so it is refused. int8: the
+    fp32 graph is quantized to QDQ from the calibration source (:mod:`edgevit.quantization.onnx_qdq`).
     """
-    export_onnx(model, path, OnnxExportOptions(metadata.input_size, metadata.batch or 1, metadata.batch is None,
-                                               options.opset, options.simplify, options.scan), metadata)
+    export_options = OnnxExportOptions(metadata.input_size, metadata.batch or 1, metadata.batch is None,
+                                       options.opset, options.simplify, options.scan)
+    if options.precision == "int8":
+        from ..quantization.onnx_qdq import export_int8
+
+        fp32_meta = metadata
+        metadata = export_int8(lambda fp32: export_onnx(model, fp32, export_options, fp32_meta), path,
+                               options.calibration(), metadata)
+    else:
+        export_onnx(model, path, export_options, metadata)
     if options.scan != "decomposed":
         proto = onnx.load(str(path), load_external_data=False)
         if not any((node.domain, node.op_type) == (SCAN_DOMAIN, SCAN_NODE) for node in proto.graph.node):
