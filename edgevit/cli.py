@@ -25,6 +25,31 @@ from . import __version__
 from .errors import EdgevitError
 from .quantization.accuracy import EVAL_COUNT
 
+def _plain_option_types() -> None:
+    """Drop typer's ``<bool>``/``<str>`` type tags from ``--help``; keep the informative ones (``<int>``, ``<path>``).
+
+    typer >= 0.2x prints a ``<type>`` tag after every parameter: on a flag (``--json <bool>``) it reads as if
+    the flag took a value, and on text options it says nothing the help sentence does not (which names the
+    accepted values). One hook on typer's parameter classes covers every command; typer versions without
+    the hook print click's plain help and are left alone.
+    """
+    for name in ("_TyperParameter", "TyperOption", "TyperArgument"):
+        cls = getattr(typer.core, name, None)
+        original = vars(cls).get("display_type_rich") if cls is not None else None
+        if original is None or getattr(original, "_edgevit_plain", False):
+            continue
+
+        def display_type_rich(self: Any, ctx: Any, _original: Any = original) -> str | None:
+            annotation = getattr(getattr(self, "type_descriptor", None), "annotation", None)
+            if annotation in (bool, str) and getattr(self, "metavar", None) is None:
+                return None
+            return _original(self, ctx)
+
+        display_type_rich._edgevit_plain = True  # type: ignore[attr-defined]
+        setattr(cls, "display_type_rich", display_type_rich)
+
+
+_plain_option_types()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export, verify and benchmark efficient vision backbones on every runtime.")
 # Piped output (logs, CI) gets a wide console so tables are not truncated to rich's 80-column default.
@@ -105,14 +130,36 @@ def list_cmd(
         table.add_column("params M\n(ours)", justify="right")
         table.add_column("GMACs\n(ours)", justify="right")
     table.add_column("architecture", no_wrap=True)
-    fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
     for r in rows:
-        cells = [r["name"], "x".join(map(str, r["input_size"])), fmt(r["paper_params_m"], ".2f"),
-                 fmt(r["paper_gmacs"], ".3g"), fmt(r["paper_top1"], ".1f")]
+        cells = [r["name"], "x".join(map(str, r["input_size"])), _as_printed(r["paper_params_m"]),
+                 _as_printed(r["paper_gmacs"]), _as_printed(r["paper_top1"])]
         if measure:
             cells += [f"{r['params_m']:.2f}", f"{r['gmacs']:.3f}"]
         table.add_row(*cells, r["architecture"])
     console.print(table)
+
+
+def _as_printed(value: float | None) -> str:
+    """A paper's figure as the paper prints it (15, 5.02, 0.655, 74.0), never re-rounded or zero-padded.
+
+    The model cards hold each figure as the literal the paper printed, so Python's shortest repr gives it
+    back; a fixed format such as ``.2f`` would invent digits ("15.00") or drop them ("12.5" for 12.53).
+    """
+    return "—" if value is None else repr(value)
+
+
+def _input_rule(card: Any) -> str:
+    """The default input size, plus the constraints on other sizes only where there are any."""
+    rules = []
+    if card.input_multiple > 1:
+        rules.append(f"multiple of {card.input_multiple}")
+    rules.append(f"at least {card.min_input_size}")
+    return f"{card.input_size[0]}x{card.input_size[1]} (other sizes: {', '.join(rules)})"
+
+
+def _paper_figure_lines(figures: list[Any]) -> str:
+    return "\n".join(f"{f.value:g} {f.unit} · {f.runtime} on {f.hardware} ({f.table}, {f.resolution}px, "
+                     f"batch {f.batch or 'not stated'})" for f in figures) or "—"
 
 
 @app.command()
@@ -120,7 +167,7 @@ def list_cmd(
 def info(
     model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
     input_size: Annotated[str | None, typer.Option(help="H or HxW for the MAC count.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Model card, measured params and MACs (by kind of op) and the paper's figures."""
     from .models import count_macs, count_params, create_model, get_model_card
@@ -149,16 +196,16 @@ def info(
     for key, value in [
         ("paper", f"{card.paper}\n{card.paper_url}"),
         ("architecture", card.architecture),
-        ("input", f"{card.input_size[0]}x{card.input_size[1]} (multiple of {card.input_multiple})"),
+        ("input", _input_rule(card)),
         ("mean / std", f"{card.mean} / {card.std}"),
         ("params", f"{count_params(net) / 1e6:.3f} M (paper {rep.params_m} M)"),
         (f"GMACs @{size[0]}x{size[1]}", f"{ours_macs:.3f} counted as {rep.macs_convention} (paper {rep.gmacs} @"
                                         f"{rep.input_size}); all ops {macs.total / 1e9:.3f}"),
         ("MACs by kind", ", ".join(f"{k} {v / 1e9:.3f} G" for k, v in sorted(macs.by_kind.items()))),
         ("top-1 (paper)", f"{rep.top1}"),
-        ("speed (paper)", "\n".join(f"{f.value:g} {f.unit} · {f.runtime} on {f.hardware} ({f.table}, "
-                                     f"{f.resolution}px, batch {f.batch or 'not stated'})"
-                                     for f in figures_for(card.name)) or "—"),
+        # speed (throughput, latency) and memory are different questions: the paper tables mix them
+        ("speed (paper)", _paper_figure_lines([f for f in figures_for(card.name) if f.metric != "memory"])),
+        ("memory (paper)", _paper_figure_lines(figures_for(card.name, "memory"))),
         ("source", rep.source),
         ("notes", card.notes),
         ("int8: kept in float", "\n".join(rule.describe() for rule in keep_float_rules(card.family))),
@@ -177,7 +224,7 @@ def _progress() -> Progress:
 def export(
     model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
     to: Annotated[str, typer.Option("--to", help="Artifact format: onnx, openvino (an IR folder) or tensorrt "
-                                                 "(an engine; needs an NVIDIA GPU and edgevit[tensorrt]).")] = "onnx",
+                                                 "(an engine; needs an NVIDIA GPU and edgevit\\[tensorrt]).")] = "onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact path (default artifacts/...).")] = None,
     input_size: Annotated[str | None, typer.Option(help="H or HxW (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,

@@ -77,12 +77,15 @@ def load(source: nn.Module | str | Path, backend: str | None = None, **options: 
     if isinstance(source, nn.Module):
         return _factory(backend or "torch")(source, **options)
     path = Path(source)
-    if backend is None and not path.suffix and not path.is_dir():
-        backend = "torch"  # a registry name such as "s2aformer-t"
-    if backend == "torch" and not path.suffix:
+    # a registry name such as "s2aformer-t" has no suffix and no folder part; anything else is a path
+    looks_like_path = bool(path.suffix) or "/" in str(source) or "\\" in str(source) or path.exists()
+    if backend is None and not looks_like_path:
+        backend = "torch"
+    if backend == "torch" and not path.suffix and not path.exists():
         return _factory("torch")(str(source), **options)
     if not path.exists():
-        raise ArtifactError(f"artifact {str(path)!r} does not exist; export one with `edgevit export`")
+        raise ArtifactError(f"no such file or folder {str(path)!r} (the artifact does not exist); export one with "
+                            "`edgevit export`")
     return _factory(backend or backend_for_path(path))(path, **options)
 
 
