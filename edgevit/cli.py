@@ -24,6 +24,7 @@ from rich.table import Table
 
 from . import __version__, errors
 from .errors import EdgevitError
+from .quantization.accuracy import EVAL_COUNT
 
 def _plain_option_types() -> None:
     """Drop typer's ``<bool>``/``<str>`` type tags from ``--help``; keep the informative ones (``<int>``, ``<path>``).
@@ -191,6 +192,7 @@ def info(
 ) -> None:
     """Model card, measured params and MACs (by kind of op) and the paper's figures."""
     from .models import count_macs, count_params, create_model, get_model_card
+    from .models.int8_rules import keep_float_rules
     from .models.paper import figures_for
     from .pipeline import parse_input_size
 
@@ -200,6 +202,7 @@ def info(
     macs = count_macs(net, size)
     data = card.to_dict()
     data["paper_figures"] = [asdict(f) for f in figures_for(card.name)]
+    data["int8_keep_float"] = [asdict(rule) for rule in keep_float_rules(card.family)]
     data["measured"] = {"input_size": list(size), "params": count_params(net), "macs_total": macs.total,
                         "macs_by_kind": macs.by_kind,
                         "macs_paper_convention": macs.for_convention(card.reported.macs_convention)}
@@ -226,6 +229,7 @@ def info(
         ("memory (paper)", _paper_figure_lines(figures_for(card.name, "memory"))),
         ("source", rep.source),
         ("notes", card.notes),
+        ("int8: kept in float", "\n".join(rule.describe() for rule in keep_float_rules(card.family))),
     ]:
         table.add_row(key, value)
     console.print(table)
@@ -254,9 +258,12 @@ def export(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check parity with PyTorch in the format's "
                                                                        "runtime (and the intermediate ONNX's).")] = True,
     rtol: Annotated[float | None, typer.Option(help="Max abs error / max |reference| allowed (default: the "
-                                                    "format's for its precision: 1e-4 fp32, 1e-2 fp16, 0.5 int8).")
+                                                    "format's for its precision: 1e-4 fp32, 1e-2 fp16; int8 is "
+                                                    "verified by top-1 agreement instead).")
                     ] = None,
     atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
+    eval_images: Annotated[int, typer.Option(help="int8: images of the fixed evaluation set on which top-1 "
+                                                  "agreement with fp32 is verified.")] = EVAL_COUNT,
     option: Annotated[list[str] | None, typer.Option("--option", help="Model constructor option KEY=VALUE, "
                                                      "repeatable (e.g. sampler=manual for MAT).")] = None,
     # Format options: None means "not given", so a flag the format does not take is refused, never ignored.
@@ -266,11 +273,12 @@ def export(
     scan: Annotated[str | None, typer.Option(help="onnx/openvino/tensorrt, A2Mamba: selective scans as decomposed "
                                                   "standard ops (default) or custom (one edgevit.SelectiveScan node "
                                                   "each, body shipped as an ONNX function).")] = None,
-    precision: Annotated[str | None, typer.Option(help="openvino: fp32 (default), fp16 or int8 (NNCF); tensorrt: "
-                                                       "fp16 (default) or fp32.")] = None,
+    precision: Annotated[str | None, typer.Option(help="onnx: fp32 (default) or int8 (static QDQ); openvino: fp32 "
+                                                       "(default), fp16 or int8 (NNCF); tensorrt: fp16 (default) or "
+                                                       "fp32.")] = None,
     embed_preprocess: Annotated[bool | None, typer.Option("--embed-preprocess", help="openvino: take uint8 NHWC "
                                                           "RGB, normalise inside.")] = None,
-    calib_images: Annotated[Path | None, typer.Option(help="openvino int8: folder of calibration images "
+    calib_images: Annotated[Path | None, typer.Option(help="onnx/openvino int8: folder of calibration images "
                                                             "(default: a synthetic set).")] = None,
     opt_batch: Annotated[int | None, typer.Option(help="tensorrt --dynamic-batch: batch the profile is tuned for "
                                                        "(default --max-batch).")] = None,
@@ -288,18 +296,22 @@ def export(
     fopts = format_options(to, **given)
     common = pipeline.ExportOptions(input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, weights=weights,
                                     features_only=features_only, model_options=pipeline.parse_model_options(option),
-                                    verify=verify, rtol=rtol, atol=atol, force=force)
+                                    verify=verify, rtol=rtol, atol=atol, force=force,
+                                    eval_images=eval_images)
     with _progress() as progress:
         progress.add_task(f"exporting {model} to {to}" + (" and verifying" if verify else ""), total=None)
         report = pipeline.export(model, to, output, common, fopts)
     result = {"path": str(report.path), "model": report.metadata.model, "input_size": list(report.metadata.input_size),
               "batch": report.metadata.batch, "outputs": list(report.metadata.output_names),
               "size_mb": round(report.size_bytes / 1e6, 2), "seconds": round(report.seconds, 1),
-              "verified": report.parity is not None}
+              "verified": report.parity is not None or report.agreement is not None}
     result.update({k: report.metadata.extra[k] for k in ("format", "precision", "preprocess", "calibration", "scan")
                    if k in report.metadata.extra})
     if report.parity is not None:
         result.update(_parity_dict(report.parity))
+    if report.agreement is not None:
+        result.update(agreement=report.agreement.to_dict(), passed=report.agreement.passed,
+                      runtime=report.agreement.candidate)
     if as_json:
         _print_json(result)
         return
@@ -308,6 +320,9 @@ def export(
         console.print(f"  int8 calibration: {result['calibration']}", highlight=False)
     if report.parity is not None:
         console.print(f"  verified in {report.parity.candidate}: {report.parity.summary()}")
+    if report.agreement is not None:
+        console.print(f"  verified in {report.agreement.candidate} against fp32 PyTorch: "
+                      f"{report.agreement.summary()}", highlight=False)
 
 
 def _parity_dict(parity: Any) -> dict[str, Any]:
@@ -332,15 +347,29 @@ def verify_cmd(
                                                     "export used for the artifact's format and precision).")] = None,
     atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
     threads: Annotated[int | None, typer.Option(help="Threads for both runtimes.")] = None,
+    eval_images: Annotated[int, typer.Option(help="int8 artifacts: images of the fixed evaluation set compared "
+                                                  "with fp32 (top-1/top-5 agreement).")] = EVAL_COUNT,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Run the same seeded inputs through PyTorch and the artifact; exit 1 above tolerance."""
+    """Run the same seeded inputs through PyTorch and the artifact; exit 1 above tolerance (int8 artifacts:
+    below the top-1 agreement threshold on the evaluation set)."""
     from . import pipeline
+    from .quantization.accuracy import AgreementReport
 
     with _progress() as progress:
         progress.add_task(f"verifying {artifact}", total=None)
         report = pipeline.verify(model, artifact, backend=runtime, weights=weights, batch=batch, seed=seed,
-                                 atol=atol, rtol=rtol, threads=threads)
+                                 atol=atol, rtol=rtol, threads=threads, eval_images=eval_images)
+    if isinstance(report, AgreementReport):
+        if as_json:
+            _print_json({**report.to_dict(), "runtime": report.candidate})
+        else:
+            verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
+            console.print(f"{verdict} {artifact} ({report.candidate}) vs fp32 PyTorch: {report.summary()}",
+                          highlight=False)
+        if not report.passed:
+            raise typer.Exit(EXIT_VERIFY_FAILED)
+        return
     if as_json:
         _print_json(_parity_dict(report))
     else:

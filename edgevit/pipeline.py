@@ -35,6 +35,7 @@ from .models import create_model, get_model_card, is_generated_weights, resolve_
 from .models.registry import ModelCard
 from .resources import check_forward_fits
 from .runtimes import Runner
+from .quantization.accuracy import EVAL_COUNT, AgreementReport, measure_agreement
 from .verify import ParityReport, verify_runner
 
 DEFAULT_VERIFY_BATCH = 2
@@ -83,6 +84,7 @@ class ExportReport:
     seconds: float
     size_bytes: int
     parity: ParityReport | None
+    agreement: AgreementReport | None = None  # int8: verified by agreement with fp32 (parity is None)
 
 
 def build_model(name: str, weights: str | None = None, features_only: bool = False, seed: int = 0,
@@ -133,6 +135,7 @@ class ExportOptions:
     rtol: float | None = None
     atol: float = 0.0
     force: bool = False  # replace a previous edgevit artifact at the output (never anything else)
+    eval_images: int = EVAL_COUNT  # int8: size of the evaluation set that top-1 agreement is measured on
 
 
 def export(model: str, to: str = "onnx", output: str | Path | None = None, options: ExportOptions | None = None,
@@ -154,6 +157,7 @@ def export(model: str, to: str = "onnx", output: str | Path | None = None, optio
         raise EdgevitError(f"--to {to} takes {fmt.options_type.__name__} options, got {type(fopts).__name__}; "
                            f"build them with edgevit.formats.format_options({to!r}, ...)")
     check_precision(fmt, fopts)
+    _check_verification_options(fmt, fopts, opts)
     name = resolve_name(model)
     card = get_model_card(name)
     size = parse_input_size(opts.input_size, card)
@@ -183,9 +187,27 @@ def export(model: str, to: str = "onnx", output: str | Path | None = None, optio
     )
     reference = runtimes.load(net, input_size=size) if opts.verify else None
     t0 = time.perf_counter()
-    path, meta, parity = _export_and_verify(fmt, fopts, net, meta, opts, out, reference)
+    path, meta, result = _export_and_verify(fmt, fopts, net, meta, opts, out, reference)
     size_bytes = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
-    return ExportReport(path, meta, time.perf_counter() - t0, size_bytes, parity)
+    parity = result if isinstance(result, ParityReport) else None
+    agreement = result if isinstance(result, AgreementReport) else None
+    return ExportReport(path, meta, time.perf_counter() - t0, size_bytes, parity, agreement)
+
+
+def _check_verification_options(fmt: Format, fopts: Any, opts: ExportOptions) -> None:
+    """int8 is verified by agreement, other precisions by rtol/atol: the other kind's option is refused."""
+    by_agreement = fmt.default_rtol(fopts) is None
+    if by_agreement and (opts.rtol is not None or opts.atol):
+        raise EdgevitError(f"{fmt.title} {fmt.precision(fopts)} is verified by top-1 agreement with fp32, not by "
+                           "--rtol/--atol; drop them (--eval-images sets the evaluation set size)")
+    if not by_agreement and opts.eval_images != EVAL_COUNT:
+        raise EdgevitError(f"--eval-images applies to int8 artifacts; {fmt.title} {fmt.precision(fopts)} is "
+                           "verified by --rtol/--atol")
+    if by_agreement and opts.features_only:
+        raise EdgevitError("int8 artifacts are verified by classification agreement; export the classifier "
+                           "(drop --features-only) or use fp32/fp16 for feature maps")
+    if opts.eval_images < 1:
+        raise EdgevitError(f"--eval-images must be at least 1, got {opts.eval_images}")
 
 
 def artifact_kind(fmt: Format) -> OutputKind:
@@ -221,7 +243,7 @@ def _file_suffixes() -> set[str]:
 
 def _export_and_verify(fmt: Format, fopts: Any, net: nn.Module, meta: ArtifactMetadata, opts: ExportOptions,
                        output: Path | None, reference: Runner | None
-                       ) -> tuple[Path, ArtifactMetadata, ParityReport | None]:
+                       ) -> tuple[Path, ArtifactMetadata, ParityReport | AgreementReport | None]:
     """The one export path of every format: its intermediate first (exported and verified the same way,
     into a temporary folder), then the artifact, verified in the format's runtime before it is moved
     into place (with its companion files)."""
@@ -251,9 +273,18 @@ def _export_and_verify(fmt: Format, fopts: Any, net: nn.Module, meta: ArtifactMe
 
 
 def _verify_artifact(fmt: Format, fopts: Any, reference: Runner, artifact: Path, meta: ArtifactMetadata,
-                     opts: ExportOptions, final: Path) -> ParityReport:
+                     opts: ExportOptions, final: Path) -> ParityReport | AgreementReport:
     rtol = opts.rtol if opts.rtol is not None else fmt.default_rtol(fopts)
     candidate = runtimes.load(artifact, fmt.runtime, **fmt.runtime_options)
+    if rtol is None:  # int8: top-1 agreement with fp32 on the evaluation set
+        agreement = measure_agreement(reference, candidate, meta.input_size, meta.mean, meta.std,
+                                      count=opts.eval_images)
+        if not agreement.passed:
+            raise VerificationError(f"{meta.model} {fmt.title} ({fmt.precision(fopts)}) disagrees with fp32 PyTorch: "
+                                    f"{agreement.summary()}; nothing was written to {final}")
+        if fmt.record_parity is not None:
+            fmt.record_parity(artifact, {"runtime": agreement.candidate, **agreement.to_dict()})
+        return agreement
     parity = verify_runner(reference, candidate, meta.batch or DEFAULT_VERIFY_BATCH, meta.input_size,
                            seed=opts.seed, atol=opts.atol, rtol=rtol)
     if not parity.passed:
@@ -280,8 +311,10 @@ def verify(
     atol: float = 0.0,
     rtol: float | None = None,
     threads: int | None = None,
-) -> ParityReport:
-    """Compare an artifact with the PyTorch model described by its metadata (or by ``name``).
+    eval_images: int = EVAL_COUNT,
+) -> ParityReport | AgreementReport:
+    """Compare an artifact with the PyTorch model described by its metadata (or by ``name``): elementwise
+    parity, or for an int8 artifact top-1 agreement with fp32 on ``eval_images`` evaluation images.
 
     ``rtol=None`` takes the bound of the artifact's format and precision (as ``export`` does), from its
     metadata; an artifact without them is held to the fp32 bound."""
@@ -306,6 +339,11 @@ def verify(
     seed_used = meta.seed if meta else seed
     options = json.loads(meta.extra["model_options"]) if meta and "model_options" in meta.extra else None
     reference = runtimes.load(build_model(model_name, weights, features_only, seed_used, options), threads=threads)
+    if meta is not None and meta.extra.get("precision") == "int8":
+        if features_only:
+            raise ArtifactError(f"{str(path)!r} is an int8 feature extractor; int8 is verified by classification "
+                                "agreement, which feature maps do not have")
+        return measure_agreement(reference, runner, size, meta.mean, meta.std, count=eval_images)
     static_batch = meta.batch if meta else None
     if batch is not None and static_batch is not None and batch != static_batch:
         raise InputShapeError(f"{str(path)!r} has a fixed batch of {static_batch}; drop --batch or pass {static_batch}")

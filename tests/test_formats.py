@@ -24,6 +24,8 @@ MODEL = "s2aformer-mini"
 # without an entry here fails test_every_allowed_option_is_covered.
 CASES: dict[str, dict[str, tuple[Any, str]]] = {
     "onnx": {
+        "precision": ("int8", "changes"),  # agreement and the QDQ graph: tests/quantization/test_onnx_qdq.py
+        "calib_images": (Path("."), "refused: only applies to --precision int8"),
         "opset": (20, "changes"),
         "simplify": (False, "changes"),
         "scan": ("custom", "refused: has no selective scans"),  # s2aformer has none; A2Mamba's tested in its file
@@ -109,8 +111,9 @@ def test_every_allowed_option_changes_the_artifact_or_is_refused(to: str, tmp_pa
 
 
 @pytest.mark.parametrize("args,needle", [
-    (("--workspace", "2"), "--to onnx does not take --workspace; it takes --opset, --simplify/--no-simplify, --scan"),
-    (("--precision", "fp32"), "--to onnx does not take --precision"),  # given explicitly, even at a default value
+    (("--workspace", "2"), ("--to onnx does not take --workspace; it takes --precision, --calib-images, --opset, "
+                            "--simplify/--no-simplify, --scan")),
+    (("--embed-preprocess",), "--to onnx does not take --embed-preprocess"),  # given explicitly, even if false
     (("--to", "openvino", "--max-batch", "4", "--no-simplify"), "--to openvino does not take --max-batch; it takes"),
     (("--to", "tensorrt", "--embed-preprocess"), "--to tensorrt does not take --embed-preprocess"),
 ])
