@@ -42,25 +42,34 @@ _VIEW_OPS = {"view", "view_copy", "_unsafe_view", "squeeze_copy", "unsqueeze_cop
 
 
 @dataclass(frozen=True)
-class ExecuTorchExportOptions:
-    input_size: tuple[int, int] = (224, 224)
-    batch: int = 1
+class ExecuTorchOptions:
+    """What a user can choose about an ExecuTorch program (the input size and the static batch come from
+    the artifact's metadata, like every format's)."""
+
     delegate: str = "xnnpack"
     # rewrite LayerNorm and means into forms XNNPACK takes (see xnnpack_forms); only with the delegate
     xnnpack_forms: bool = True
     scan: str = "decomposed"
 
-    def check(self) -> None:
-        """Validate before any (slow) tracing or lowering."""
+    def __post_init__(self) -> None:
         if self.delegate not in DELEGATES:
             raise EdgevitError(f"unknown ExecuTorch delegate {self.delegate!r}; choose one of {', '.join(DELEGATES)}")
-        if self.batch < 1:
-            raise EdgevitError(f"batch must be >= 1, got {self.batch}")
         check_scan_mode(self.scan)
         if self.scan != "decomposed":
             # the custom scan op has no out-variant kernel in ExecuTorch: to_executorch fails late with
             # "Missing out variants: edgevit::selective_scan"
             raise EdgevitError("ExecuTorch programs need the decomposed selective scan; drop --scan custom")
+
+    def metadata(self) -> dict[str, str]:
+        return {"scan": self.scan, "delegate": self.delegate, "xnnpack_forms": str(self.uses_forms).lower()}
+
+    @property
+    def uses_forms(self) -> bool:
+        return self.xnnpack_forms and self.delegate == "xnnpack"
+
+    def check(self, batch: int | None) -> None:
+        if batch is None:
+            raise EdgevitError("an ExecuTorch program has a static batch; drop --dynamic-batch (use --batch N)")
 
 
 @dataclass
@@ -146,11 +155,18 @@ def executorch_version() -> str:
     return __version__
 
 
-def export_executorch(model: nn.Module, path: str | Path, options: ExecuTorchExportOptions,
-                      metadata: ArtifactMetadata) -> ExecuTorchManifest:
-    """Lower ``model`` (eval mode, BatchNorm folded) to an ExecuTorch program at ``path`` and its manifest
-    at :func:`manifest_path` (``path``); returns the manifest."""
-    options.check()
+def export_artifact(model: nn.Module, path: Path, options: ExecuTorchOptions,
+                    meta: ArtifactMetadata) -> ArtifactMetadata:
+    """The ExecuTorch row's exporter: ``model`` (eval mode, BatchNorm folded) lowered for ``meta``'s input
+    size and static batch to the program ``path``, and its manifest at :func:`manifest_path` (``path``)."""
+    export_executorch(model, path, options, meta)
+    return meta
+
+
+def export_executorch(model: nn.Module, path: str | Path, options: ExecuTorchOptions,
+                      meta: ArtifactMetadata) -> ExecuTorchManifest:
+    """:func:`export_artifact` returning the manifest it wrote."""
+    options.check(meta.batch)
     version = executorch_version()
     with quiet_executorch():
         from executorch.exir import to_edge_transform_and_lower
@@ -158,13 +174,12 @@ def export_executorch(model: nn.Module, path: str | Path, options: ExecuTorchExp
         model = fold_batchnorm(model)
         prepare = getattr(model, "prepare_static_input", None)
         if callable(prepare):  # size-dependent tables become constants, not ops
-            prepare(options.input_size)
-        example = torch.zeros(options.batch, 3, *options.input_size)
+            prepare(tuple(meta.input_size))
+        example = torch.zeros(meta.batch or 1, 3, *meta.input_size)
         try:
             with scan_export_mode(options.scan), torch.no_grad():
                 program = torch.export.export(model, (example,))
-            forms = options.xnnpack_forms and options.delegate == "xnnpack"
-            if forms:
+            if options.uses_forms:
                 from .xnnpack_forms import xnnpack_decompositions
 
                 program = program.run_decompositions(xnnpack_decompositions())
@@ -175,17 +190,32 @@ def export_executorch(model: nn.Module, path: str | Path, options: ExecuTorchExp
             raise
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise EdgevitError(f"ExecuTorch export of {metadata.model} failed: {first}") from exc
+            raise EdgevitError(f"ExecuTorch export of {meta.model} failed: {first}") from exc
     plan = et_program.executorch_program.execution_plan[0]
     path = Path(path)
     path.write_bytes(et_program.buffer)
     manifest = ExecuTorchManifest(
         executorch=version, delegate=options.delegate, backends=sorted({d.id for d in plan.delegates}),
-        input_name=INPUT_NAME, input_shape=list(example.shape), outputs=list(metadata.output_names),
+        input_name=INPUT_NAME, input_shape=list(example.shape), outputs=list(meta.output_names),
         delegation=summary.to_dict(), operators=sorted({_kernel_name(op) for op in plan.operators}),
-        xnnpack_forms=forms, metadata=metadata.to_props())
+        xnnpack_forms=options.uses_forms, metadata=meta.to_props())
     manifest.write(manifest_path(path))
     return manifest
+
+
+def companions(pte: Path) -> list[Path]:
+    """Files that belong to a program and move with it: its manifest."""
+    return [manifest_path(pte)]
+
+
+def read_artifact_metadata(pte: Path) -> ArtifactMetadata | None:
+    path = manifest_path(pte)
+    return ArtifactMetadata.from_props(ExecuTorchManifest.read(path).metadata) if path.exists() else None
+
+
+def check_available() -> None:
+    """The executorch package, checked before the model is built."""
+    executorch_version()
 
 
 def _partitioners(delegate: str) -> list[Any]:

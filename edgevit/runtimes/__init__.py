@@ -42,6 +42,7 @@ register_backend(Backend("onnxruntime", "edgevit.runtimes.onnxruntime_backend", 
 register_backend(Backend("openvino", "edgevit.runtimes.openvino_backend", "OpenVinoRunner", (".xml",), "openvino"))
 register_backend(Backend("executorch", "edgevit.runtimes.executorch_backend", "ExecuTorchRunner", (".pte",),
                          "edgevit[executorch]"))
+register_backend(Backend("ort", "edgevit.runtimes.ort_format_backend", "OrtFormatRunner", (".ort",), "onnxruntime"))
 register_backend(Backend("tensorrt", "edgevit.runtimes.tensorrt_backend", "TensorRTRunner", (".engine", ".plan"),
                          "edgevit[tensorrt]"))
 
