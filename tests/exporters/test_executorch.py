@@ -188,3 +188,30 @@ def test_unreadable_program_is_an_artifact_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a program")
     with pytest.raises(EdgevitError, match="ExecuTorch cannot load"):
         runtimes.load(bad)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((2, 3, 5, 4), (2, 3, 4, 6)), ((3, 5, 4), (3, 4, 2))])
+def test_matmul_form_equals_matmul(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> None:
+    from edgevit.exporters.xnnpack_forms import batched_matmul
+
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(a_shape, generator=g), torch.randn(b_shape, generator=g)
+    assert _rel(batched_matmul(a, b), a @ b) <= 1e-6
+    assert batched_matmul(a, torch.randn(4, 6)) is NotImplemented  # a broadcast: ATen's own form
+
+
+def test_expand_form_only_replaces_identity_expands() -> None:
+    from edgevit.exporters.xnnpack_forms import identity_expand
+
+    x = torch.randn(1, 1, 8)
+    assert torch.equal(identity_expand(x, [1, -1, -1]), x)
+    assert identity_expand(x, [2, -1, -1]) is NotImplemented
+
+
+@pytest.mark.parametrize("sizes", [3, [2, 5, 1]])
+def test_split_form_equals_split(sizes: int | list[int]) -> None:
+    from edgevit.exporters.xnnpack_forms import split_as_slices
+
+    x = torch.randn(2, 8, 4)
+    for got, ref in zip(split_as_slices(x, sizes, 1), torch.split(x, sizes, 1), strict=True):
+        assert torch.equal(got, ref)
