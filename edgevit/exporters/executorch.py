@@ -111,6 +111,7 @@ class ExecuTorchManifest:
     operators: list[str]  # "aten::name.overload" kernels the program calls outside the delegate
     xnnpack_forms: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)  # the verification at export, when it ran
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -206,6 +207,14 @@ def export_executorch(model: nn.Module, path: str | Path, options: ExecuTorchOpt
 def companions(pte: Path) -> list[Path]:
     """Files that belong to a program and move with it: its manifest."""
     return [manifest_path(pte)]
+
+
+def record_parity(pte: Path, parity: dict[str, Any]) -> None:
+    """Add the verification result to the manifest (written before verification)."""
+    path = manifest_path(pte)
+    manifest = ExecuTorchManifest.read(path)
+    manifest.parity = parity
+    manifest.write(path)
 
 
 def read_artifact_metadata(pte: Path) -> ArtifactMetadata | None:

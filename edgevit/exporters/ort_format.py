@@ -20,12 +20,13 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..artifact import ArtifactMetadata
 from ..errors import EdgevitError
+from .onnx import OnnxOptions
 
 ORT_FILE = "model.ort"
 CONFIG_FILE = "required_operators.config"
@@ -36,10 +37,10 @@ TARGET_PLATFORMS = ("arm", "amd64")
 @dataclass(frozen=True)
 class OrtFormatOptions:
     """What a user can choose about an ``.ort`` artifact; ``onnx`` are the options of the ONNX intermediate
-    it is converted from (``OnnxOptions`` once the format table provides them)."""
+    it is converted from."""
 
     target_platform: str = "arm"
-    onnx: Any = None
+    onnx: OnnxOptions = field(default_factory=OnnxOptions)
 
     def __post_init__(self) -> None:
         if self.target_platform not in TARGET_PLATFORMS:
@@ -58,6 +59,14 @@ def export_artifact(source: Path, directory: Path, options: OrtFormatOptions,
     """The ORT row's exporter: the verified ONNX intermediate ``source`` -> the folder ``directory``."""
     convert_to_ort(source, directory, options, meta)
     return meta
+
+
+def record_parity(directory: Path, parity: dict[str, Any]) -> None:
+    """Add the verification result to ``manifest.json`` (written before verification)."""
+    path = Path(directory) / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["parity"] = parity
+    path.write_text(json.dumps(manifest, indent=2))
 
 
 def read_artifact_metadata(directory: Path) -> ArtifactMetadata | None:
