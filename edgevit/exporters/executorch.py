@@ -257,14 +257,13 @@ def _estimated_flops(node: torch.fx.Node) -> int:
     out = node.meta.get("val")
     target = getattr(node.target, "_op", node.target)
     packet = getattr(target, "overloadpacket", None)
-    vals = lambda a: a.meta.get("val") if isinstance(a, torch.fx.Node) else a  # noqa: E731
+    vals = lambda a: a.meta.get("val") if isinstance(a, torch.fx.Node) else a
     if packet in flop_registry:
         args = torch.fx.node.map_aggregate(node.args, vals)
         kwargs = torch.fx.node.map_aggregate(node.kwargs, vals)
-        try:
+        with contextlib.suppress(TypeError, ValueError, IndexError, AssertionError, RuntimeError):
+            # a formula that does not fit these arguments falls through to the element count
             return int(flop_registry[packet](*args, **kwargs, out_val=out))
-        except Exception:  # a formula that does not fit these arguments: fall back to the element count
-            pass
     if name == "linear" and isinstance(out, torch.Tensor):
         return 2 * out.numel() * int(node.args[1].meta["val"].shape[-1])  # type: ignore[union-attr]
     outs = out if isinstance(out, (tuple, list)) else (out,)

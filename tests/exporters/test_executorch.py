@@ -16,16 +16,16 @@ from torch import nn
 
 pytest.importorskip("executorch", reason="the executorch extra is not installed")
 
-from edgevit import runtimes  # noqa: E402
-from edgevit.artifact import ArtifactMetadata  # noqa: E402
-from edgevit.errors import EdgevitError  # noqa: E402
-from edgevit.exporters.executorch import (  # noqa: E402
+from edgevit import runtimes
+from edgevit.artifact import ArtifactMetadata
+from edgevit.errors import EdgevitError
+from edgevit.exporters.executorch import (
     ExecuTorchManifest,
     ExecuTorchOptions,
     export_executorch,
     manifest_path,
 )
-from edgevit.exporters.xnnpack_forms import layer_norm_4d, mean_4d, xnnpack_decompositions  # noqa: E402
+from edgevit.exporters.xnnpack_forms import layer_norm_4d, mean_4d, xnnpack_decompositions
 
 SIZE = (16, 16)
 
@@ -66,7 +66,7 @@ def test_mean_form_leaves_what_xnnpack_takes() -> None:
 class Toy(nn.Module):
     """Conv + BN (folded at export), token LayerNorm, token mean, classifier: the ops the families share."""
 
-    output_names = ["logits"]
+    output_names = ("logits",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -167,9 +167,9 @@ def test_program_without_manifest_runs_with_generic_names(programs: dict, tmp_pa
 
 
 @pytest.mark.parametrize("options,message", [
-    (dict(delegate="coreml"), "unknown ExecuTorch delegate 'coreml'"),
-    (dict(scan="custom"), "decomposed selective scan"),
-    (dict(scan="fast"), "scan"),
+    ({"delegate": "coreml"}, "unknown ExecuTorch delegate 'coreml'"),
+    ({"scan": "custom"}, "decomposed selective scan"),
+    ({"scan": "fast"}, "scan"),
 ])
 def test_bad_options_fail_on_construction(options: dict, message: str) -> None:
     with pytest.raises(EdgevitError, match=message):
