@@ -4,9 +4,6 @@ input (image through the shared preprocessing, and a raw tensor)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +12,8 @@ import pytest
 from edgevit import runtimes
 from edgevit.images import fit_to, read_image, synthetic_images, to_tensor, write_ppm
 from edgevit.verify import seeded_inputs
+from tests.cpp.support import cmake_build, missing_toolchain, run_app
 from tests.mobile_support import MODEL, SIZE, exported_path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _package_dir() -> Path | None:
@@ -29,10 +25,8 @@ def _package_dir() -> Path | None:
 
 
 def _missing_tool() -> str | None:
-    if shutil.which("cmake") is None:
-        return "cmake is not installed"
-    if not any(shutil.which(c) for c in filter(None, (os.environ.get("CXX"), "c++", "g++", "clang++"))):
-        return "no C++ compiler (c++, g++, clang++ or $CXX) is installed"
+    if missing_toolchain():
+        return missing_toolchain()
     package = _package_dir()
     if package is None or not (package / "executorch-config.cmake").exists():
         return "the executorch wheel (edgevit[executorch]) with its CMake package is not installed"
@@ -45,23 +39,9 @@ pytestmark = pytest.mark.skipif(_missing_tool() is not None, reason=f"ExecuTorch
 @pytest.fixture(scope="session")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Only the ExecuTorch target (OpenVINO off): one configure + build per test session."""
-    build = tmp_path_factory.mktemp("cpp-et-build")
-    for cmd in (["cmake", "-S", str(ROOT / "cpp"), "-B", str(build), "-DEDGEVIT_OPENVINO=OFF", "-DEDGEVIT_EXECUTORCH=ON",
-                 f"-Dexecutorch_DIR={_package_dir()}", "-DCMAKE_BUILD_TYPE=Release"],
-                ["cmake", "--build", str(build), "-j", "2"]):
-        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
-        if res.returncode:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    build = cmake_build(tmp_path_factory.mktemp("cpp-et-build"), "-DEDGEVIT_OPENVINO=OFF", "-DEDGEVIT_EXECUTORCH=ON",
+                        f"-Dexecutorch_DIR={_package_dir()}")
     return build / "edgevit_infer_et"
-
-
-def run_app(app: Path, *args: object, ok: bool = True) -> dict[str, str]:
-    res = subprocess.run([str(app), *map(str, args)], check=False, capture_output=True, text=True, timeout=300)
-    if ok:
-        assert res.returncode == 0, res.stderr
-        return dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
-    assert res.returncode == 2 and "error: " in res.stderr
-    return {"error": res.stderr}
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
