@@ -78,3 +78,19 @@ def test_mobile_formats_refuse_what_they_do_not_take(tmp_path: Path) -> None:
     with pytest.raises(EdgevitError, match="unknown ORT target platform"):
         format_options("ort", target_platform="riscv")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--to", "onnx", "--delegate", "portable"], "--to onnx does not take --delegate"),
+    (["--to", "executorch", "--target-platform", "arm"], "--to executorch does not take --target-platform"),
+    (["--to", "ort", "--no-xnnpack-forms"], "--to ort does not take --no-xnnpack-forms"),
+    (["--to", "executorch", "--delegate", "coreml"], "unknown ExecuTorch delegate 'coreml'"),
+])
+def test_cli_routes_mobile_flags_to_their_format_only(args: list[str], message: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgevit.cli import app
+
+    result = CliRunner().invoke(app, ["export", MODEL, *args, "--output", str(tmp_path / "x")])
+    assert result.exit_code != 0 and message in " ".join(result.output.split())
+    assert not list(tmp_path.iterdir())
