@@ -1,6 +1,6 @@
 # edgevit_infer_et against the executorch Python wheel (headers, shared libraries, CMake package):
 #   cmake -S cpp -B build -DEDGEVIT_EXECUTORCH=ON \
-#     -Dexecutorch_DIR="$(python -c 'import executorch, os; print(os.path.join(os.path.dirname(executorch.__file__), "share", "cmake"))')"
+#     -Dexecutorch_DIR="$(python -c 'import executorch, os; print(os.path.join(list(executorch.__path__)[0], "share", "cmake"))')"
 # The package's imported targets (executorch::runtime, ...) need CMake >= 3.28; with an older CMake it
 # still sets EXECUTORCH_INCLUDE_DIRS / EXECUTORCH_COMPILE_DEFINITIONS / EXECUTORCH_LIBRARIES (the runtime,
 # the CPU kernels and the XNNPACK delegate, wrapped so the linker keeps the registration-only libraries),

@@ -89,9 +89,10 @@ def convert_to_ort(onnx_path: str | Path, out_dir: str | Path, options: OrtForma
         source = Path(tmp) / "model.onnx"  # the converter names its outputs after the input file
         shutil.copyfile(onnx_path, source)
         converted = Path(tmp) / "out"
-        log = logging.getLogger("ort_format_model")
-        level = log.level
-        log.setLevel(logging.WARNING)
+        logs = [logging.getLogger(n) for n in ("ort_format_model", "ort_format_model.utils")]
+        levels = [log.level for log in logs]
+        for log in logs:  # the converter's utils logger is set to INFO explicitly: quiet it too
+            log.setLevel(logging.WARNING)
         chatter = io.StringIO()  # the converter prints progress lines; edgevit's CLI reports instead
         try:
             with contextlib.redirect_stdout(chatter):
@@ -102,7 +103,8 @@ def convert_to_ort(onnx_path: str | Path, out_dir: str | Path, options: OrtForma
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise EdgevitError(f"ONNX Runtime could not convert {metadata.model} to the ORT format: {first}") from exc
         finally:
-            log.setLevel(level)
+            for log, level in zip(logs, levels):
+                log.setLevel(level)
         if not (converted / "model.ort").exists():
             raise EdgevitError(f"ONNX Runtime did not convert {metadata.model} to the ORT format: "
                                f"{chatter.getvalue().strip().splitlines()[-1:]}")
