@@ -21,7 +21,7 @@ def _package_dir() -> Path | None:
         import executorch
     except ImportError:
         return None
-    return Path(list(executorch.__path__)[0]) / "share" / "cmake"  # a namespace package: no __file__
+    return Path(next(iter(executorch.__path__))) / "share" / "cmake"  # a namespace package: no __file__
 
 
 def _missing_tool() -> str | None:
