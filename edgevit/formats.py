@@ -134,6 +134,11 @@ register_format(Format(
 ))
 
 
+def all_cli_options() -> list[str]:
+    """Every format option of the table, each once (the ``edgevit export`` command has a flag for each)."""
+    return list(dict.fromkeys(o for fmt in FORMATS.values() for o in fmt.cli_options))
+
+
 def get_format(name: str) -> Format:
     if name not in FORMATS:
         raise EdgevitError(f"unknown export format {name!r}; choose one of {', '.join(FORMATS)}")

@@ -66,6 +66,19 @@ def test_every_allowed_option_is_covered() -> None:
         {name: set(options) for name, options in CASES.items()}
 
 
+def test_every_format_option_is_a_field_and_a_flag_of_the_export_command() -> None:
+    import inspect
+
+    from edgevit.cli import export as export_command
+
+    params = inspect.signature(export_command).parameters
+    for fmt in formats.FORMATS.values():
+        fields = fmt.own_fields() | (formats.get_format(fmt.intermediate).own_fields() if fmt.intermediate else set())
+        assert set(fmt.cli_options) <= fields, fmt.name
+        for option in fmt.cli_options:  # None default: "given" means typed by the user, not "differs from default"
+            assert option in params and params[option].default is None, option
+
+
 @pytest.fixture
 def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     """The TensorRT row with its engine builder replaced by a copy of the intermediate ONNX file."""

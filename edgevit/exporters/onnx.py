@@ -118,7 +118,7 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
         proto = _simplify(proto)
     proto.producer_name = "edgevit"
     props = metadata.to_props()
-    props["edgevit.opset"] = str(options.opset)
+    props["edgevit.opset"] = str(written_opset(proto))
     del proto.metadata_props[:]
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
@@ -126,6 +126,11 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
     path = Path(path)
     onnx.save(proto, str(path))
     return path
+
+
+def written_opset(proto: onnx.ModelProto) -> int:
+    """The default-domain opset the file really declares (what a runtime needs), not the one requested."""
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -142,4 +147,4 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
 def read_metadata(path: str | Path) -> ArtifactMetadata | None:
     """Edgevit metadata of an ONNX file (without loading its weights)."""
     proto = onnx.load(str(path), load_external_data=False)
-    return ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props})
+    return ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))

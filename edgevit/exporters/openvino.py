@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..artifact import PREFIX, ArtifactMetadata
+from ..artifact import PREFIX, ArtifactMetadata, read_manifest
 from ..errors import BackendUnavailableError, EdgevitError
 from ..images import fit_to, image_files, read_image, synthetic_images, to_tensor
 from .onnx import OnnxOptions
@@ -235,15 +235,16 @@ def set_metadata(model: Any, meta: ArtifactMetadata) -> None:
         model.set_rt_info(value, [RT_SECTION, key[len(PREFIX):]])
 
 
-def read_metadata(model: Any) -> ArtifactMetadata | None:
+def read_metadata(model: Any, source: str = "the IR") -> ArtifactMetadata | None:
     """Edgevit metadata from an ``ov.Model``'s rt_info: the ``edgevit`` section of an exported IR, or the
     ONNX metadata_props that the ONNX frontend puts under ``framework``; ``None`` for a foreign model."""
     if model.has_rt_info([RT_SECTION]):
         section = model.get_rt_info()[RT_SECTION]
-        return ArtifactMetadata.from_props({PREFIX + k: v.astype(str) for k, v in section.items()})
+        return ArtifactMetadata.from_props({PREFIX + k: v.astype(str) for k, v in section.items()}, source)
     if model.has_rt_info(["framework"]):
         section = model.get_rt_info()["framework"]
-        return ArtifactMetadata.from_props({k: v.astype(str) for k, v in section.items() if k.startswith(PREFIX)})
+        return ArtifactMetadata.from_props({k: v.astype(str) for k, v in section.items() if k.startswith(PREFIX)},
+                                           source)
     return None
 
 
@@ -283,10 +284,8 @@ def record_parity(directory: Path, parity: dict[str, Any]) -> None:
 
 def read_artifact_metadata(directory: Path) -> ArtifactMetadata | None:
     """Edgevit metadata of an IR folder from its manifest (without OpenVINO)."""
-    path = directory / MANIFEST_FILE
-    if not path.exists():
-        return None
-    return ArtifactMetadata.from_props(json.loads(path.read_text()).get("metadata", {}))
+    manifest = read_manifest(directory / MANIFEST_FILE)
+    return None if manifest is None else ArtifactMetadata.from_props(manifest["metadata"], str(directory / MANIFEST_FILE))
 
 
 def write_manifest(directory: Path, meta: ArtifactMetadata, model: Any, extra: dict[str, Any]) -> Path:

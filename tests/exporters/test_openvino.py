@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import edgevit
 from edgevit import pipeline, runtimes
+from edgevit.artifact import ArtifactMetadata
 from edgevit.cli import app
 from edgevit.errors import EdgevitError, VerificationError
 from edgevit.exporters import openvino as ovx
@@ -107,6 +108,8 @@ def test_fp16_stores_half_the_weights_and_stays_close(tmp_path_factory: pytest.T
     manifest = json.loads((fp16 / "manifest.json").read_text())
     assert manifest["precision"] == "fp16" and manifest["parity"]["rtol"] == FORMATS["openvino"].tolerance["fp16"]
     assert 1e-6 < manifest["parity"]["max_rel"] <= 1e-2  # weights really were rounded, and only a little
+    report = pipeline.verify(None, fp16)  # held to the bound export used for its format and precision
+    assert report.passed and report.rtol == FORMATS["openvino"].tolerance["fp16"]
 
 
 def test_embedded_preprocessing_takes_uint8_nhwc(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -192,7 +195,9 @@ def test_failed_verification_leaves_nothing_and_keeps_the_old_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "ir"
     out.mkdir()
-    (out / "model.xml").write_text("old")
+    (out / "model.xml").write_text("old")  # a previous edgevit IR (its manifest says so): replaced only with force
+    previous = ArtifactMetadata("s2aformer-mini", (64, 64), (0.5,) * 3, (0.5,) * 3, 1).to_props()
+    (out / "manifest.json").write_text(json.dumps({"files": {"xml": "model.xml"}, "metadata": previous}))
     real = ovx.read_onnx
 
     def shifted_read(path: Path) -> ov.Model:  # the IR no longer matches the reference
@@ -204,7 +209,7 @@ def test_failed_verification_leaves_nothing_and_keeps_the_old_folder(
 
     monkeypatch.setattr(ovx, "read_onnx", shifted_read)
     with pytest.raises(VerificationError, match="nothing was written"):
-        pipeline.export("s2aformer-mini", "openvino", out, input_size=64)
+        pipeline.export("s2aformer-mini", "openvino", out, input_size=64, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ir"] and (out / "model.xml").read_text() == "old"
 
 
