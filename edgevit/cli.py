@@ -244,8 +244,10 @@ def _progress() -> Progress:
 @user_errors
 def export(
     model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
-    to: Annotated[str, typer.Option("--to", help="Artifact format: onnx, openvino (an IR folder) or tensorrt "
-                                                 "(an engine; needs an NVIDIA GPU and edgevit\\[tensorrt]).")] = "onnx",
+    to: Annotated[str, typer.Option("--to", help="Artifact format: onnx, openvino (an IR folder), tensorrt "
+                                                 "(an engine; needs an NVIDIA GPU and edgevit\\[tensorrt]), "
+                                                 "executorch (a .pte; edgevit\\[executorch]) or ort (an .ort "
+                                                 "folder for ONNX Runtime Mobile).")] = "onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact path (default artifacts/...); an "
                                                 "existing folder receives an .onnx/.engine file inside it.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a previous edgevit artifact at --output (never "
@@ -285,6 +287,13 @@ def export(
     max_batch: Annotated[int | None, typer.Option(help="tensorrt --dynamic-batch: largest batch of the profile.")
                          ] = None,
     workspace: Annotated[float | None, typer.Option(help="tensorrt: builder workspace in GB (default 4).")] = None,
+    delegate: Annotated[str | None, typer.Option(help="executorch: xnnpack (default) or portable (no delegate, "
+                                                      "ExecuTorch's own kernels only).")] = None,
+    xnnpack_forms: Annotated[bool | None, typer.Option("--xnnpack-forms/--no-xnnpack-forms", help="executorch: "
+                                                       "rewrite LayerNorm/mean/matmul/split into ops XNNPACK "
+                                                       "takes (default on).")] = None,
+    target_platform: Annotated[str | None, typer.Option(help="ort: optimisations baked in for arm (default, "
+                                                             "phones) or amd64.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Export a model; the artifact appears under its name only once it has been verified."""

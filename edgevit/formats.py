@@ -27,8 +27,10 @@ from typing import Any
 
 from .artifact import ArtifactMetadata
 from .errors import EdgevitError
+from .exporters import executorch as executorch_exporter
 from .exporters import onnx as onnx_exporter
 from .exporters import openvino as openvino_exporter
+from .exporters import ort_format as ort_exporter
 from .exporters import tensorrt as tensorrt_exporter
 
 FOLDER = "folder"  # ``Format.artifact`` of a format whose artifact is a directory
@@ -114,6 +116,22 @@ register_format(Format(
     read_metadata=tensorrt_exporter.read_artifact_metadata, intermediate="onnx",
     companions=tensorrt_exporter.companions, check_available=tensorrt_exporter.check_available,
     verified_here=False,
+))
+
+register_format(Format(
+    name="executorch", title="ExecuTorch program", artifact=executorch_exporter.PTE_SUFFIX,
+    options_type=executorch_exporter.ExecuTorchOptions, exporter=executorch_exporter.export_artifact,
+    runtime="executorch", tolerance={"fp32": FP32_RTOL}, cli_options=("delegate", "xnnpack_forms", "scan"),
+    default_name=lambda stem, options: f"{stem}-{options.delegate}{executorch_exporter.PTE_SUFFIX}",
+    read_metadata=executorch_exporter.read_artifact_metadata, companions=executorch_exporter.companions,
+    record_parity=executorch_exporter.record_parity, check_available=executorch_exporter.check_available,
+))
+register_format(Format(
+    name="ort", title="ORT-format model", artifact=FOLDER, options_type=ort_exporter.OrtFormatOptions,
+    exporter=ort_exporter.export_artifact, runtime="ort", tolerance={"fp32": FP32_RTOL},
+    cli_options=("target_platform", "opset", "simplify", "scan"),
+    default_name=lambda stem, options: f"{stem}-ort-{options.target_platform}",
+    read_metadata=ort_exporter.read_artifact_metadata, intermediate="onnx", record_parity=ort_exporter.record_parity,
 ))
 
 

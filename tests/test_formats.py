@@ -49,6 +49,17 @@ CASES: dict[str, dict[str, tuple[Any, str]]] = {
         "simplify": (False, "changes"),
         "scan": ("custom", "refused: has no selective scans"),
     },
+    "executorch": {
+        "delegate": ("portable", "changes"),
+        "xnnpack_forms": (False, "changes"),
+        "scan": ("custom", "refused: need the decomposed selective scan"),
+    },
+    "ort": {
+        "target_platform": ("amd64", "changes"),
+        "opset": (20, "changes"),
+        "simplify": (False, "changes"),
+        "scan": ("custom", "refused: has no selective scans"),
+    },
 }
 
 
@@ -86,6 +97,8 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def artifact_bytes(path: Path) -> bytes:
     """The artifact's content (an IR folder: the IR itself, not its manifest)."""
+    if path.is_dir() and (path / "model.ort").exists():
+        return (path / "model.ort").read_bytes()
     if path.is_dir():
         return (path / "model.xml").read_bytes() + (path / "model.bin").read_bytes()
     return path.read_bytes()
@@ -96,7 +109,9 @@ def export(to: str, out: Path, **values: Any) -> Path:
                            verify=False).path
 
 
-@pytest.mark.parametrize("to", list(CASES))
+# ExecuTorch lowers three programs here (minutes on 2 cores): slow; its options are also covered, fast, on a
+# small network in tests/exporters/test_executorch.py.
+@pytest.mark.parametrize("to", [pytest.param(t, marks=pytest.mark.slow) if t == "executorch" else t for t in CASES])
 def test_every_allowed_option_changes_the_artifact_or_is_refused(to: str, tmp_path: Path,
                                                                  fake_tensorrt: None) -> None:
     baseline = artifact_bytes(export(to, tmp_path / "default"))

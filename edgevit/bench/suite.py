@@ -78,6 +78,8 @@ _RUNTIME_ALIASES: dict[str, dict[str, list[RuntimeSpec]]] = {
         "openvino:f32": [RuntimeSpec("openvino:f32", "openvino", "cpu", "f32", "onnx")],
         "openvino:bf16": [RuntimeSpec("openvino:bf16", "openvino", "cpu", "bf16", "onnx")],
         "openvino:default": [RuntimeSpec("openvino:default", "openvino", "cpu", None, "onnx")],
+        "executorch": [RuntimeSpec("executorch:xnnpack", "executorch", "cpu", None, "executorch")],
+        "ort": [RuntimeSpec("onnxruntime:ort", "ort", "cpu", None, "ort")],
     },
     "cuda": {
         "torch": [RuntimeSpec("torch-cuda:fp32", "torch", "cuda", "fp32", None),

@@ -40,6 +40,9 @@ register_backend(Backend("torch", "edgevit.runtimes.torch_backend", "TorchRunner
 register_backend(Backend("onnxruntime", "edgevit.runtimes.onnxruntime_backend", "OnnxRuntimeRunner",
                          (".onnx",), "onnxruntime"))
 register_backend(Backend("openvino", "edgevit.runtimes.openvino_backend", "OpenVinoRunner", (".xml",), "openvino"))
+register_backend(Backend("executorch", "edgevit.runtimes.executorch_backend", "ExecuTorchRunner", (".pte",),
+                         "edgevit[executorch]"))
+register_backend(Backend("ort", "edgevit.runtimes.ort_format_backend", "OrtFormatRunner", (".ort",), "onnxruntime"))
 register_backend(Backend("tensorrt", "edgevit.runtimes.tensorrt_backend", "TensorRTRunner", (".engine", ".plan"),
                          "edgevit[tensorrt]"))
 
