@@ -21,15 +21,29 @@ ACTIVATION_HEADROOM = 64
 
 
 def available_memory_bytes() -> int:
-    """RAM a new allocation can get now (``MemAvailable``); total RAM where /proc is missing."""
+    """RAM a new allocation can get now: ``MemAvailable``, capped by a cgroup v2 limit when one is set
+    (a container's limit, not the host's free RAM, is what gets a process killed); total RAM where /proc
+    is missing."""
+    avail = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    avail = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if avail is None:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read())
+        if limit != "max":
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
 
 
 @torch.no_grad()

@@ -54,52 +54,11 @@ class PeakRssSampler:
         self.peak = max(self.peak, current_rss_bytes())
 
 
-def available_ram_bytes() -> int | None:
-    """RAM this process may still take: MemAvailable, capped by a cgroup v2 limit when one is set."""
-    avail = None
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    try:
-        limit = open("/sys/fs/cgroup/memory.max").read().strip()
-        used = int(open("/sys/fs/cgroup/memory.current").read())
-        if limit != "max" and avail is not None:
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return avail
-
-
 # Live tensors at the worst point of a forward pass, in units of the largest activation: the op's input and
 # output, a residual kept alive across the block, and the runtime's scratch (arenas, im2col/reorder buffers).
 # Calibrated against the issue's observation: s2aformer-t at batch 3000 had passed 21 GB RSS when it was killed,
 # i.e. >= 7 MB per image; this estimate gives 10 MB per image (largest activation 2.4 MB).
 LIVE_ACTIVATIONS = 4
-
-
-def largest_activation_bytes(model: "torch.nn.Module", input_size: tuple[int, int]) -> int:
-    """Bytes of the largest tensor any leaf module produces for one fp32 image (a batch-1 forward pass)."""
-    import torch
-
-    largest = 0
-
-    def hook(_m: object, _inp: object, out: object) -> None:
-        nonlocal largest
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                largest = max(largest, t.numel() * t.element_size())
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.inference_mode():
-            model.eval()(torch.zeros(1, 3, *input_size))
-    finally:
-        for h in handles:
-            h.remove()
-    return largest
 
 
 def estimate_case_bytes(weights_bytes: int, activation_bytes: int,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import pipeline, runtimes
+from .. import pipeline, resources, runtimes
 from ..errors import EdgevitError
 from ..models import count_macs, count_params, get_model_card, resolve_name
 from ..verify import seeded_inputs
@@ -376,7 +376,7 @@ def _plan(names: Sequence[str], res_list: Sequence[str | int | None], batches: S
         for i, size in enumerate(sizes):
             macs = count_macs(model, size)
             batch = (batches[0] if len(batches) == 1 else batches[i]) if batches else default_batch(scenario, device, size)
-            fixed, per_image = memory.estimate_case_bytes(params * 4, memory.largest_activation_bytes(model, size),
+            fixed, per_image = memory.estimate_case_bytes(params * 4, _largest_activation_bytes(model, size),
                                                           size)
             plan.append(_PlannedCase(name, size, batch, params / 1e6, macs.total / 1e9,
                                      macs.for_convention(card.reported.macs_convention) / 1e9,
@@ -385,11 +385,15 @@ def _plan(names: Sequence[str], res_list: Sequence[str | int | None], batches: S
     return plan
 
 
+def _largest_activation_bytes(model: "torch.nn.Module", size: tuple[int, int]) -> int:
+    """The largest single activation of one image at the benchmarked size itself (measured, not scaled from
+    a probe: global attention grows faster than the pixel count)."""
+    return int(resources.largest_activation_per_pixel(model, size) * size[0] * size[1])
+
+
 def _check_memory(plan: Sequence[_PlannedCase]) -> None:
     """Refuse a case whose estimated memory exceeds the RAM available now, before anything is allocated."""
-    available = memory.available_ram_bytes()
-    if available is None:
-        return
+    available = resources.available_memory_bytes()
     for item in plan:
         if item.needs_bytes > 0.9 * available:
             fits = max(1, int((0.9 * available - item.fixed_bytes) / item.per_image_bytes))

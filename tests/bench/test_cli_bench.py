@@ -66,9 +66,9 @@ def test_json_path_is_checked_before_the_run(no_run: dict[str, Any], tmp_path: P
 
 
 def test_batch_that_cannot_fit_is_refused_with_rc2(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgevit.bench import memory
+    from edgevit import resources
 
-    monkeypatch.setattr(memory, "available_ram_bytes", lambda: 4 * 2**30)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 4 * 2**30)
     res = invoke("bench", "--models", "s2aformer-mini", "--resolutions", "64", "--batch-size", "100000")
     assert res.exit_code == 2 and "needs about" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 

@@ -206,9 +206,10 @@ def test_export_happens_outside_the_measured_window(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgevit.bench import memory, suite
+    from edgevit import resources
+    from edgevit.bench import suite
 
-    monkeypatch.setattr(memory, "available_ram_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 8 * 2**30)
     monkeypatch.setattr(suite, "run_case", lambda *a, **k: pytest.fail("a case ran"))
     with pytest.raises(EdgevitError, match=r"batch 100000 needs about \d+\.\d GB \(estimate\), but 8\.6 GB .*"
                                            r"use --batch-size \d+ or less"):
