@@ -194,11 +194,13 @@ def info(
     from .models import count_macs, count_params, create_model, get_model_card
     from .models.int8_rules import keep_float_rules
     from .models.paper import figures_for
-    from .pipeline import parse_input_size
+    from .pipeline import probe_size, parse_input_size
+    from .resources import check_forward_fits
 
     card = get_model_card(model)
     size = parse_input_size(input_size, card)
     net = create_model(card.name)
+    check_forward_fits(net, card.name, size, 1, probe_size(card))  # counting MACs runs one forward pass
     macs = count_macs(net, size)
     data = card.to_dict()
     data["paper_figures"] = [asdict(f) for f in figures_for(card.name)]

@@ -177,7 +177,7 @@ def export(model: str, to: str = "onnx", output: str | Path | None = None, optio
     if fmt.check_available is not None:
         fmt.check_available()
     net = build_model(name, opts.weights, opts.features_only, opts.seed, opts.model_options)
-    check_forward_fits(net, name, size, batch or DEFAULT_VERIFY_BATCH, probe=_probe_size(card))
+    check_forward_fits(net, name, size, batch or DEFAULT_VERIFY_BATCH, probe=probe_size(card))
     meta = ArtifactMetadata(
         model=name, input_size=size, mean=card.mean, std=card.std, batch=batch,
         output_names=tuple(net.output_names), features_only=opts.features_only,
@@ -221,7 +221,7 @@ def _naming_extra(fopts: Any) -> dict[str, str]:
     return inner.metadata() if hasattr(inner, "metadata") else {}
 
 
-def _probe_size(card: ModelCard, target: int = 64) -> tuple[int, int]:
+def probe_size(card: ModelCard, target: int = 64) -> tuple[int, int]:
     """The smallest square input near ``target`` the model takes: where a memory estimate is measured."""
     side = max(card.min_input_size, -(-target // card.input_multiple) * card.input_multiple)
     return side, side

@@ -151,8 +151,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
 # measured 1e-6..7e-5 relative, below the 1e-4 tolerance.
 KNOWN_WEAK: dict[tuple[str, str, str, str], str] = {
     ("a2mamba-n", "CumSum", "last", "exclusive"): "last scan's carry decay, 1.2e-6 relative",
-    ("a2mamba-n", "CumSum", "last", "reverse"): "last scan's carry decay, 6.8e-5 relative",
-    ("a2mamba-n", "Exp", "last", "->Softplus"): "last scan's carry decay, 3.5e-5 relative",
+    # EMSNet's last C-MHSA softmax runs over a 2x2 map at 64x64, so changing its axis moves the logits by only
+    # 1.8e-6 (measured): verified only at larger inputs
+    ("emsnet-xxtiny", "Softmax", "last", "axis"): "tiny last-stage attention map at 64x64, 1.8e-6 relative",
     # PartialFormer's CumSum ranks tokens *tied* at the k-th score; verification's seeded normal input has
     # no tie at the N_F boundary, so the tie path is not exercised (1.05e-6): it is covered only by the
     # constructed ties of test_partialformer_onnx.py (test_selection_ties_in_onnxruntime, tied images)
