@@ -38,9 +38,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # not a pickle that asks for code: just unreadable bytes
-            raise CheckpointError(f"cannot read checkpoint {str(p)!r} as a .pth/.pt/.safetensors file: "
-                                  f"{str(exc).strip().splitlines()[0]}") from None
+        if "global" not in str(exc).lower():  # no Python object asked for: the bytes are not a checkpoint
+            raise CheckpointError(f"cannot read checkpoint {str(p)!r} as a .pth/.pt/.safetensors file: it is "
+                                  "corrupted or not a checkpoint") from None
         raise CheckpointError(_code_running_pickle(p, exc)) from None
     except Exception as exc:  # any parse failure is a bad file, not a bug
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
