@@ -145,6 +145,24 @@ class OutputKind:
 MANIFEST_FILE = "manifest.json"  # what a folder artifact says about itself (edgevit's own folders carry one)
 
 
+class JsonManifest:
+    """A dataclass kept as a JSON file beside a single-file artifact (engine, .pte): one writer and one reader,
+    whose failure is a one-line error telling how to rebuild the artifact (``REBUILD``)."""
+
+    REBUILD = "edgevit export"
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))  # type: ignore[call-overload]
+
+    @classmethod
+    def read(cls, path: Path):  # returns an instance of cls
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ArtifactError(f"cannot read manifest {str(path)!r} ({exc}); rebuild the artifact with "
+                                f"`{cls.REBUILD}`") from exc
+
+
 def read_manifest(path: Path) -> dict[str, object] | None:
     """A folder artifact's ``manifest.json`` (``None`` when absent); a corrupted one is one line naming the
     file and the field, not a JSON traceback."""

@@ -14,7 +14,6 @@ and verifies it in ExecuTorch's Python runtime (``edgevit.runtimes.executorch_ba
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import operator
 import warnings
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifact import ArtifactMetadata
+from ..artifact import ArtifactMetadata, JsonManifest
 from ..errors import BackendUnavailableError, EdgevitError
 from .onnx_scan import check_scan_mode, scan_export_mode
 from .transforms import fold_batchnorm
@@ -98,8 +97,9 @@ class DelegationSummary:
 
 
 @dataclass
-class ExecuTorchManifest:
+class ExecuTorchManifest(JsonManifest):
     """Written beside every ``.pte`` (``model.pte.json``)."""
+    REBUILD = "edgevit export MODEL --to executorch"
 
     executorch: str
     delegate: str
@@ -112,17 +112,6 @@ class ExecuTorchManifest:
     xnnpack_forms: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)  # the verification at export, when it ran
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def read(cls, path: Path) -> ExecuTorchManifest:
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise EdgevitError(f"cannot read ExecuTorch manifest {str(path)!r} ({exc}); re-export with "
-                               "`edgevit export MODEL --to executorch`") from exc
 
 
 def manifest_path(pte: str | Path) -> Path:
