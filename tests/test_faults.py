@@ -409,3 +409,16 @@ def test_unwritable_errors_outside_artifacts_are_user_errors() -> None:
     assert cli._environment_error(OSError(errno.ENOSPC, "No space left on device", "/x/r.json")) == \
         "cannot write /x/r.json: No space left on device; free some space or choose a writable --output"
     assert cli._environment_error(ValueError("x")) is None
+
+
+def test_a_corrupted_sidecar_manifest_is_one_line(tmp_path: Path) -> None:
+    """Engines and .pte programs keep their manifest beside them; a corrupted one names the file and the fix."""
+    from edgevit.artifact import JsonManifest
+    from edgevit.errors import ArtifactError
+    from edgevit.exporters.tensorrt import EngineManifest
+
+    bad = tmp_path / "m.engine.json"
+    bad.write_text('{"tensorrt": ')
+    with pytest.raises(ArtifactError, match=r"cannot read manifest .*m\.engine\.json.*--to tensorrt"):
+        EngineManifest.read(bad)
+    assert issubclass(EngineManifest, JsonManifest)
