@@ -64,7 +64,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USER_ERROR = errors.EXIT_USER_ERROR
 EXIT_VERIFY_FAILED = errors.EXIT_CHECK_FAILED
 _DEBUG_FLAG = "--debug"
-_state = {"debug": os.environ.get("EDGEVIT_DEBUG", "") not in ("", "0")}
+
+
+def _debug_from_environment() -> bool:
+    return os.environ.get("EDGEVIT_DEBUG", "") not in ("", "0")
+
+
+# ``debug`` is decided afresh by every invocation (``--debug`` or EDGEVIT_DEBUG), never carried over from an
+# earlier one in the same process; ``main_flag`` is a ``--debug`` that :func:`main` took out of the arguments.
+_state = {"debug": _debug_from_environment(), "main_flag": False}
 
 
 def _print_error(message: str) -> None:
@@ -112,8 +120,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version_c
           = False) -> None:
     """Exit codes: 0 success, 1 a failed verification or benchmark, 2 a user error (one line naming the
     problem and the fix), 3 a bug in edgevit, 130 interrupted."""
-    if debug:
-        _state["debug"] = True
+    _state["debug"] = debug or _state["main_flag"] or _debug_from_environment()
 
 
 @app.command("list")
@@ -738,9 +745,8 @@ def main(argv: list[str] | None = None) -> None:
         from click import exceptions as usage  # type: ignore[no-redef]
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if _take_debug_flag(args):
-        _state["debug"] = True
-    debug = _state["debug"]
+    _state["main_flag"] = _take_debug_flag(args)
+    _state["debug"] = debug = _state["main_flag"] or _debug_from_environment()
     try:
         code = app(args=args, prog_name="edgevit", standalone_mode=False)
     except usage.NoArgsIsHelpError as exc:  # bare `edgevit` or `edgevit CMD`: the help, exit 2
@@ -768,6 +774,8 @@ def main(argv: list[str] | None = None) -> None:
             _print_error(f"internal error ({_first_line(exc)}); this is a bug in edgevit. "
                          f"Re-run with {_DEBUG_FLAG} to see the traceback, and please report it")
             code = errors.EXIT_BUG
+    finally:
+        _state["main_flag"] = False
     if code == errors.EXIT_INTERRUPTED:
         _print_error("interrupted; nothing half-written was left behind")
     sys.exit(code or 0)

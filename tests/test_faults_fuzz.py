@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -112,7 +113,6 @@ def _other() -> st.SearchStrategy[list[str]]:
 def test_every_outcome_is_an_exit_code_without_traceback_and_failures_write_nothing(workdir: Path,
                                                                                  argv: list[str]) -> None:
     before = snapshot(workdir)
-    cli._state["debug"] = False
     code, err = run_main(workdir, argv)
     try:
         assert code in (0, 1, 2), (argv, code, err)
@@ -165,3 +165,15 @@ def test_a_bug_is_exit_3_not_a_user_error(workdir: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr("edgevit.pipeline.parse_model_options", lambda pairs: 1 / 0)
     code, err = run_main(workdir, ["export", "s2aformer-mini"])
     assert code == EXIT_BUG and "internal error (ZeroDivisionError" in err and "Traceback" not in err
+
+
+def test_debug_is_decided_per_invocation_never_carried_over(workdir: Path) -> None:
+    """A ``--debug`` run earlier in the same process (a notebook, a test session) must not turn the next
+    run's one-line error into a traceback: CI once failed 21 tests this way."""
+    argv = ["export", "no-such-model", "--to", "onnx"]
+    code, err = run_main(workdir, ["--debug", *argv])
+    assert code == 2 and "Traceback" in err, err
+    code, err = run_main(workdir, argv)
+    assert code == 2 and [ln for ln in err.splitlines() if ln.strip()] == [err.strip()], err
+    res = CliRunner().invoke(cli.app, argv)  # the typer app alone (no main), as the in-process tests call it
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.output
