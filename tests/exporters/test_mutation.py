@@ -25,7 +25,7 @@ import pytest
 from edgevit import pipeline, runtimes
 from edgevit.runtimes.base import Runner
 from edgevit.verify import verify_runner
-from tests.mutation_support import MUTATIONS, node_index
+from tests.mutation_support import MUTATIONS, node_index, verify_rejects
 
 SIZE = (64, 64)
 RTOL = 1e-4
@@ -82,11 +82,13 @@ KNOWN_WEAK: dict[tuple[str, str, str, str], str] = {
     # EMSNet's last C-MHSA softmax runs over a 2x2 map at 64x64, so changing its axis moves the logits by only
     # 1.8e-6 (measured); rejected at 224 (7x7 map, 2.7e-2): test_emsnet_onnx.py
     ("emsnet-xxtiny", "Softmax", "last", "axis"): "tiny last-stage attention map at 64x64, 1.8e-6 relative",
-    # PartialFormer's CumSum ranks the tokens *tied* at the k-th score. Verification's uniform images tie
-    # exactly only where tokens are equal in exact arithmetic, i.e. away from the zero padding: at 64x64 that
-    # is blocks 1-2 (maps 16x16); from block 3 on every token of the 8x8..2x2 maps is reached by the border,
-    # and seeded noise ties at the boundary only by chance. Blocks 3-16 are checked at 224 and 256x192
-    # (test_partialformer_onnx.py), and the tie rule itself with constructed scores there.
+    # PartialFormer's CumSum ranks the tokens *tied* at the k-th score; it matters only where verification's
+    # inputs tie at a block's N_F boundary. The uniform images tie exactly where tokens are equal in exact
+    # arithmetic, i.e. away from the zero padding: at 64x64 in blocks 1-2 (16x16 maps); from block 3 on every
+    # token of the 8x8..2x2 maps is reached by the border, and seeded noise ties on the score grid only by
+    # chance. At 224 the verification batch ties in blocks 1-3, 5-6, 11 and 16 (and those mutants are
+    # rejected: test_partialformer_onnx.py); the other blocks' tie rule is checked only with constructed
+    # scores (test_selection_ties_in_onnxruntime), never by verification.
     **{("partialformer-b0", "CumSum", occ, mut): "no boundary tie at this block at 64x64"
        for occ in (*map(str, range(2, 15)), "last") for mut in ("exclusive", "reverse")},
 }
@@ -224,3 +226,20 @@ def test_verify_rejects_every_single_node_mutant(name: str, backend: str, tmp_pa
     if backend == "openvino":
         pytest.importorskip("openvino")
     _run(name, None, backend, tmp_path, tmp_path_factory)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a2mamba_last_carry_mutants_are_rejected_at_224(backend: str, tmp_path_factory: pytest.TempPathFactory,
+                                                        tmp_path: Path) -> None:
+    """At 64x64 the last CumSum is the 2-chunk carry scan, whose exclusive mutant is equivalent (EQUIVALENT);
+    at the default 224 (L = 196: 25 chunks, carried by a chunked scan of its own) the last CumSum is not,
+    and verify must reject both mutants (measured 1.17e-4 and 1.67e-4 relative, in both runtimes)."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    path = Path(str(tmp_path_factory.getbasetemp())) / "a2mamba-n-224.onnx"
+    if not path.exists():
+        pipeline.export("a2mamba-n", "onnx", path, input_size=(224, 224), batch=1, rtol=RTOL)
+    for mutation in ("exclusive", "reverse"):
+        rejected, how = verify_rejects(path, "CumSum", -1, mutation, tmp_path, backend)
+        assert rejected, f"last CumSum {mutation}: verify accepted it ({how})"
