@@ -86,7 +86,7 @@ KNOWN_WEAK: dict[tuple[str, str, str, str], str] = {
     # inputs tie at a block's N_F boundary. The uniform images tie exactly where tokens are equal in exact
     # arithmetic, i.e. away from the zero padding: at 64x64 in blocks 1-2 (16x16 maps); from block 3 on every
     # token of the 8x8..2x2 maps is reached by the border, and seeded noise ties on the score grid only by
-    # chance. At 224 the verification batch ties in blocks 1-3, 5-6, 11 and 16 (and those mutants are
+    # chance. At 224 the verification batch ties in blocks 1-3, 5-7, 11 and 16 (and those mutants are
     # rejected: test_partialformer_onnx.py); the other blocks' tie rule is checked only with constructed
     # scores (test_selection_ties_in_onnxruntime), never by verification.
     **{("partialformer-b0", "CumSum", occ, mut): "no boundary tie at this block at 64x64"
