@@ -205,10 +205,15 @@ def _families(fast: tuple[str, ...]) -> list:
     return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in FAMILIES]
 
 
+# In the fast suite A2Mamba and MAT mutate only their leading, export-friendly kinds (scan; sampler and
+# attention): generic ops (Add, Mul, norms) are always killed and -m slow mutates every kind anyway.
+FAST_SUITE_KINDS = {"a2mamba-n": 4, "mat-1": 2}
+
+
 @pytest.mark.parametrize("name", _families(("a2mamba-n", "mat-1")))
 def test_verify_rejects_single_node_mutants_in_onnxruntime(name: str, tmp_path: Path,
                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
-    _run(name, FAST_KINDS[name], "onnxruntime", tmp_path, tmp_path_factory)
+    _run(name, FAST_KINDS[name][:FAST_SUITE_KINDS.get(name)], "onnxruntime", tmp_path, tmp_path_factory)
 
 
 @pytest.mark.parametrize("name", _families(("a2mamba-n",)))
