@@ -5,9 +5,11 @@ Runtime and in OpenVINO f32.
 Each family's smallest variant is exported at 64x64 (batch 1) with its reference weights. A mutant is
 *killed* when verification reports a failure (or the runtime refuses the graph); a *survivor* fails the
 test, unless it is listed in ``EQUIVALENT`` with the argument why the changed graph computes the same
-function. The fast tests mutate the first, middle and last occurrence of each mutable op kind of one
-list of kinds per family (every family's export-friendly ops) for A2Mamba and MAT; ``-m slow`` adds the
-other families and mutates every occurrence of every mutable kind.
+function, or in ``KNOWN_WEAK`` (too small to see at 64x64; each is checked at the default size by the
+family test that already exports it there). Verification runs seeded and uniform images
+(:func:`edgevit.verify.verify_runner`). The fast tests mutate the first, middle and last occurrence of
+A2Mamba's and MAT's export-friendly op kinds; ``-m slow`` adds the other families, their other kinds
+(``FAST_KINDS``) and a run over every occurrence of every mutable kind.
 Run with ``-rP`` for the per-family table (tried / killed / excluded).
 """
 
