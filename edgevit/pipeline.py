@@ -297,7 +297,7 @@ def _verify_artifact(fmt: Format, fopts: Any, reference: Runner, artifact: Path,
                                      "max_rel": parity.worst_rel, "top1_agreement": parity.top1_agreement,
                                      "batch": parity.batch,
                                      "inputs": ("seeded uint8 synthetic" if uint8 else "seeded standard-normal")
-                                     + " and uniform images"})
+                                     + (" and uniform images" if "uniform" in parity.inputs else "")})
     return parity
 
 

@@ -53,6 +53,7 @@ class ParityReport:
     batch: int = 0
     candidate: str = ""
     details: dict[str, str] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ("seeded",)  # the verification batches that ran (see verify_runner)
 
     @property
     def passed(self) -> bool:
@@ -166,6 +167,10 @@ def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: 
     """Run two batches through both runners, the seeded one and uniform images (:func:`uniform_inputs`),
     and compare every output of both; each output reports its worse batch, top-1 agreement the seeded one.
 
+    The uniform batch runs only for an fp32 candidate: a reduced-precision runtime computes tokens that are
+    equal in exact arithmetic with rounding differences of ~1e-3, as large as the score grid, so their ties
+    are not exact there (the PartialFormer model card says so) and would fail a correct artifact.
+
     A candidate that takes uint8 images (preprocessing embedded, e.g. an OpenVINO IR exported with
     ``--embed-preprocess``) gets seeded synthetic images and uniform uint8 images; the reference gets
     them normalised.
@@ -182,6 +187,8 @@ def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: 
         feeds = {"seeded": synthetic_images(batch, input_size, seed),
                  "uniform": np.broadcast_to(uniform[:, None, None, None], (batch, *input_size, 3)).copy()}
         batches = {k: (to_tensor(f, candidate.metadata.mean, candidate.metadata.std), f) for k, f in feeds.items()}
+    if candidate.info.precision != "fp32":  # equal tokens round differently in fp16/bf16: no exact ties
+        del batches["uniform"]
     declared = batch_axis_problems(candidate)
     reports = {}
     for label, (x, feed) in batches.items():
@@ -192,4 +199,5 @@ def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: 
                  key=lambda o: o.max_abs - atol - rtol * o.max_ref)
              for i in range(len(reports["seeded"].outputs))]
     return ParityReport(worst, atol, rtol, reports["seeded"].top1_agreement, batch,
-                        f"{candidate.info.backend} ({candidate.info.precision})", dict(candidate.info.details))
+                        f"{candidate.info.backend} ({candidate.info.precision})", dict(candidate.info.details),
+                        tuple(reports))

@@ -101,3 +101,7 @@ def test_verification_also_runs_uniform_images_where_ties_are_exact() -> None:
     report = verify_runner(_TieRule(), _TieRule(broken=True), 2, (8, 8))
     assert not report.passed and report.outputs[0].inputs == "uniform"
     assert "on the uniform images" in report.summary() and report.top1_agreement == 1.0  # top-1: seeded batch
+    assert report.inputs == ("seeded", "uniform")
+    half = _TieRule(broken=True)
+    half.info = RunnerInfo("fake", "fp16")  # equal tokens round differently in fp16: no exact ties to test
+    assert verify_runner(_TieRule(), half, 2, (8, 8)).inputs == ("seeded",)
