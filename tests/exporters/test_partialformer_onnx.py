@@ -132,7 +132,7 @@ def test_b0_broken_tie_rank_is_rejected_where_verification_ties(b0_artifact, mon
         if at_boundary.any():
             near.append((block, round(float((steps - steps.round()).abs()[at_boundary].min()), 4)))
     print(f"uniform images, smallest grid-line distance of a boundary tie (grid steps): {near}")
-    assert all(d >= 0.01 for _, d in near), near
+    assert all(d >= 0.02 for _, d in near), near  # measured >= 0.024; levels 0.0, 0.7 gave 0.015
     for block, mutation in ((tied[0], "exclusive"), (tied[-1], "reverse")):
         rejected, how = verify_rejects(b0_artifact.path, "CumSum", block, mutation, tmp_path, "onnxruntime")
         assert rejected, f"block {block} tie rank {mutation}: verify accepted it ({how})"
