@@ -295,8 +295,9 @@ def _verify_artifact(fmt: Format, fopts: Any, reference: Runner, artifact: Path,
         uint8 = len(candidate.inputs) == 1 and candidate.inputs[0].dtype == "uint8"
         fmt.record_parity(artifact, {"runtime": parity.candidate, "rtol": rtol, "atol": opts.atol,
                                      "max_rel": parity.worst_rel, "top1_agreement": parity.top1_agreement,
-                                     "batch": parity.batch, "inputs": "seeded (uint8 synthetic images)" if uint8
-                                     else "seeded standard-normal"})
+                                     "batch": parity.batch,
+                                     "inputs": ("seeded uint8 synthetic" if uint8 else "seeded standard-normal")
+                                     + (" and uniform images" if "uniform" in parity.inputs else "")})
     return parity
 
 

@@ -11,7 +11,7 @@ metadata (static or dynamic); every difference is collected into one :class:`Out
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,6 +34,7 @@ class OutputParity:
     max_abs: float
     max_ref: float
     mean_abs: float
+    inputs: str = "seeded"  # which verification batch this worst case came from (see verify_runner)
 
     @property
     def rel(self) -> float:
@@ -52,6 +53,7 @@ class ParityReport:
     batch: int = 0
     candidate: str = ""
     details: dict[str, str] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ("seeded",)  # the verification batches that ran (see verify_runner)
 
     @property
     def passed(self) -> bool:
@@ -64,13 +66,36 @@ class ParityReport:
     def summary(self) -> str:
         worst = max(self.outputs, key=lambda o: o.rel)
         top1 = f", top-1 agreement {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
-        return (f"max abs {worst.max_abs:.3e}, max rel {worst.rel:.3e} (output {worst.name!r}), "
+        on = "" if worst.inputs == "seeded" else f" on the {worst.inputs} images"
+        return (f"max abs {worst.max_abs:.3e}, max rel {worst.rel:.3e} (output {worst.name!r}{on}), "
                 f"mean abs {worst.mean_abs:.3e}{top1}")
 
 
 def seeded_inputs(batch: int, input_size: tuple[int, int], seed: int = 0) -> np.ndarray:
     """Standard-normal images, i.e. already mean/std normalised; the same for every runtime."""
     return np.random.default_rng(seed).standard_normal((batch, 3, *input_size), dtype=np.float32)
+
+
+# Normalised levels of the uniform images verification also runs (image i of a batch gets level i mod 3),
+# chosen so that the tied context scores of every PartialFormer variant (reference weights, 224; b0 also
+# at 64 and 256x192) sit >= 0.018 score-grid steps from a grid line, ~18x the fp32 rounding spread of
+# equal tokens (levels 0.0 and 0.7 came within 0.003 and 0.005): measured, not guaranteed for other weights.
+UNIFORM_LEVELS = (1.0, 1.5, -1.5)
+UNIFORM_UINT8_LEVELS = (128, 200, 60)  # the same idea for an artifact that takes uint8 images
+
+
+def uniform_inputs(batch: int, input_size: tuple[int, int]) -> np.ndarray:
+    """Images of one constant value each, the second batch every verification runs.
+
+    Seeded noise makes every token different, so a data-dependent choice between *equal* values never
+    happens on it: PartialFormer's rule for context scores tied at the foreground boundary (lower token
+    index wins, a cumulative count of the tied tokens) was never exercised, and a graph that broke it
+    still verified. In a uniform image every token away from the border is equal in exact arithmetic,
+    and the model's score grid makes such tokens tie exactly in every runtime (``partialformer.
+    context_score``), so the tie rule decides real foreground slots here. A blank frame is also an
+    input a deployed model meets."""
+    levels = np.resize(np.asarray(UNIFORM_LEVELS, np.float32), batch)
+    return np.broadcast_to(levels[:, None, None, None], (batch, 3, *input_size)).copy()
 
 
 def structure_problems(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> list[str]:
@@ -142,23 +167,40 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
 
 def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: tuple[int, int], *,
                   seed: int = 0, atol: float = 0.0, rtol: float = 1e-4) -> ParityReport:
-    """Run the same seeded batch through both runners and compare every output.
+    """Run two batches through both runners, the seeded one and uniform images (:func:`uniform_inputs`),
+    and compare every output of both; each output reports its worse batch, top-1 agreement the seeded one.
+
+    The uniform batch runs only for an fp32 candidate: a reduced-precision runtime computes tokens that are
+    equal in exact arithmetic with rounding differences of ~1e-3, as large as the score grid, so their ties
+    are not exact there (the PartialFormer model card says so) and would fail a correct artifact.
 
     A candidate that takes uint8 images (preprocessing embedded, e.g. an OpenVINO IR exported with
-    ``--embed-preprocess``) gets seeded synthetic images; the reference gets them normalised.
+    ``--embed-preprocess``) gets seeded synthetic images and uniform uint8 images; the reference gets
+    them normalised.
     """
-    x = feed = seeded_inputs(batch, input_size, seed)
+    batches = {"seeded": (seeded_inputs(batch, input_size, seed),) * 2,
+               "uniform": (uniform_inputs(batch, input_size),) * 2}
     if len(candidate.inputs) == 1 and candidate.inputs[0].dtype == "uint8":
         from .images import synthetic_images, to_tensor
 
         if candidate.metadata is None:
             raise ArtifactError("a uint8-input artifact needs its edgevit metadata (mean/std) to be verified; "
                                 "re-export it with `edgevit export --embed-preprocess`")
-        feed = synthetic_images(batch, input_size, seed)
-        x = to_tensor(feed, candidate.metadata.mean, candidate.metadata.std)
+        uniform = np.resize(np.asarray(UNIFORM_UINT8_LEVELS, np.uint8), batch)
+        feeds = {"seeded": synthetic_images(batch, input_size, seed),
+                 "uniform": np.broadcast_to(uniform[:, None, None, None], (batch, *input_size, 3)).copy()}
+        batches = {k: (to_tensor(f, candidate.metadata.mean, candidate.metadata.std), f) for k, f in feeds.items()}
+    if candidate.info.precision != "fp32":  # equal tokens round differently in fp16/bf16: no exact ties
+        del batches["uniform"]
     declared = batch_axis_problems(candidate)
-    ref_out, cand_out = reference.run(x), candidate.run(feed)
-    raise_structure_problems(declared + structure_problems(ref_out, cand_out))
-    report = compare_outputs(ref_out, cand_out, atol, rtol)
-    return ParityReport(report.outputs, atol, rtol, report.top1_agreement, batch,
-                        f"{candidate.info.backend} ({candidate.info.precision})", dict(candidate.info.details))
+    reports = {}
+    for label, (x, feed) in batches.items():
+        ref_out, cand_out = reference.run(x), candidate.run(feed)
+        raise_structure_problems(declared + structure_problems(ref_out, cand_out))
+        reports[label] = compare_outputs(ref_out, cand_out, atol, rtol)
+    worst = [max((replace(r.outputs[i], inputs=label) for label, r in reports.items()),
+                 key=lambda o: o.max_abs - atol - rtol * o.max_ref)
+             for i in range(len(reports["seeded"].outputs))]
+    return ParityReport(worst, atol, rtol, reports["seeded"].top1_agreement, batch,
+                        f"{candidate.info.backend} ({candidate.info.precision})", dict(candidate.info.details),
+                        tuple(reports))

@@ -71,3 +71,37 @@ def test_declared_batch_axis_must_match_the_metadata() -> None:
     assert batch_axis_problems(_Declared(None, 1, "batch")) == [
         "input 'input' has a fixed batch of 1, the metadata says dynamic"]
     assert batch_axis_problems(_Declared(2, 2, "batch")) == ["output 'logits' has batch batch, the metadata says 2"]
+
+
+class _TieRule(Runner):
+    """A stand-in model with a data-dependent choice between equal values: per image, the index of the
+    largest of the first 8 pixels of channel 0, ties to the lower index (or, ``broken``, to the higher one).
+    On seeded noise no two pixels are equal, so only the uniform batch can tell the two rules apart."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.inputs = [TensorSpec("input", ("batch", 3, 8, 8))]
+        self.outputs = [TensorSpec("logits", ("batch", 2))]
+        self.metadata = None
+        self.info = RunnerInfo("fake")
+        self.broken = broken
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        first = feeds["input"][:, 0, 0, :8]
+        pick = 7 - first[:, ::-1].argmax(1) if self.broken else first.argmax(1)
+        return {"logits": np.stack([pick, np.ones_like(pick)], 1).astype(np.float32)}
+
+
+def test_verification_also_runs_uniform_images_where_ties_are_exact() -> None:
+    from edgevit.verify import uniform_inputs, verify_runner
+
+    x = uniform_inputs(3, (8, 8))
+    assert x.shape == (3, 3, 8, 8) and (x == x[:, :1, :1, :1]).all() and len(set(x[:, 0, 0, 0])) == 3
+    ok = verify_runner(_TieRule(), _TieRule(), 2, (8, 8))
+    assert ok.passed and ok.worst_rel == 0.0
+    report = verify_runner(_TieRule(), _TieRule(broken=True), 2, (8, 8))
+    assert not report.passed and report.outputs[0].inputs == "uniform"
+    assert "on the uniform images" in report.summary() and report.top1_agreement == 1.0  # top-1: seeded batch
+    assert report.inputs == ("seeded", "uniform")
+    half = _TieRule(broken=True)
+    half.info = RunnerInfo("fake", "fp16")  # equal tokens round differently in fp16: no exact ties to test
+    assert verify_runner(_TieRule(), half, 2, (8, 8)).inputs == ("seeded",)

@@ -12,6 +12,7 @@ import pytest
 from edgevit import pipeline
 from edgevit.exporters.tensorrt_ops import tensorrt_problems
 from tests.conftest import export_verified
+from tests.mutation_support import verify_rejects
 
 RTOL = 1e-4
 NON_SQUARE = (160, 224)  # stage maps 40x56 .. 5x7: non-divisible pooling on one axis, odd C-MHSA grids
@@ -59,6 +60,17 @@ def test_xxtiny_parity_at_224(xxtiny_224: pipeline.ExportReport) -> None:
 
 def test_xxtiny_graph_is_deployable(xxtiny_224: pipeline.ExportReport) -> None:
     check_deployable_graph(xxtiny_224.path, "emsnet-xxtiny")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_xxtiny_last_attention_softmax_mutant_is_rejected_at_224(xxtiny_224: pipeline.ExportReport,
+                                                                 backend: str, tmp_path: Path) -> None:
+    """The last C-MHSA softmax over the wrong axis: at 64x64 its map is 2x2 and the change moves the logits
+    by only 1.8e-6 (KNOWN_WEAK in test_mutation.py); at the default 224 (7x7 map) verify must reject it."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    rejected, how = verify_rejects(xxtiny_224.path, "Softmax", -1, "axis", tmp_path, backend)
+    assert rejected, how
 
 
 def _check_features(report: pipeline.ExportReport, name: str, size: tuple[int, int]) -> None:

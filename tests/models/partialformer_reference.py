@@ -116,11 +116,17 @@ class TieRecorder:
     def __init__(self) -> None:
         self.calls = 0
         self.boundary_ties = 0
+        self.tied_calls: list[int] = []  # indices of the calls (blocks, in one forward) with a boundary tie
+        self.boundary_masks: list[torch.Tensor] = []  # per call: (B, N) tokens tied at the k-th score
 
     def __call__(self, score: torch.Tensor, k: int):
         idx, mask = SELECT(score, k)
         kth = score.float().topk(k, dim=1).values[:, -1:]
         tied = score.float() == kth
+        ties = int((tied & ~mask).any(dim=1).sum())
+        self.boundary_masks.append(tied & (tied & ~mask).any(dim=1, keepdim=True))
+        if ties:
+            self.tied_calls.append(self.calls)
         self.calls += 1
-        self.boundary_ties += int((tied & ~mask).any(dim=1).sum())
+        self.boundary_ties += ties
         return idx, mask
