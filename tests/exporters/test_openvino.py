@@ -25,7 +25,7 @@ from edgevit.exporters import openvino as ovx
 from edgevit.formats import FORMATS, format_options
 from edgevit.images import synthetic_images, to_tensor, write_ppm
 from edgevit.models.int8_rules import KeepFloat, keep_float_rules
-from edgevit.quantization.accuracy import AgreementReport
+from edgevit.quantization.accuracy import TOP1_THRESHOLD, AgreementReport
 from tests.openvino_support import exported_ir, small_size, smallest_per_family
 
 MODELS = smallest_per_family()
@@ -157,7 +157,7 @@ def test_int8_with_calibration_images(tmp_path: Path) -> None:
     assert runner.info.precision == "int8+fp32" and runner.info.details["ir_precision"] == "int8"
     # an int8 artifact is verified by top-1 agreement with fp32 on the evaluation set, not an elementwise bound
     agreement = pipeline.verify(None, report.path, eval_images=24)
-    assert isinstance(agreement, AgreementReport) and agreement.images == 24 and agreement.threshold == 0.9
+    assert isinstance(agreement, AgreementReport) and agreement.images == 24 and agreement.threshold == TOP1_THRESHOLD
 
 
 def _toy_model() -> ov.Model:

@@ -59,6 +59,11 @@ def test_s2aformer_convolutions_run_as_integer_kernels(tmp_path_factory: pytest.
         if node.name in keep and node.op_type in ("Conv", "MatMul", "Gemm"):
             assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
                        for i in node.input[1:]), node.name
+    # the MatMuls weighting values by attention probabilities read the Softmax output in float
+    softmax_out = {o for n in model.graph.node if n.op_type == "Softmax" for o in n.output}
+    prob_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and softmax_out & set(n.input)]
+    assert len(prob_matmuls) == sum(n.op_type == "Softmax" for n in model.graph.node) > 0
+    assert all(n.name in keep for n in prob_matmuls)
 
 
 def test_family_rules_hold_in_the_written_graph(tmp_path_factory: pytest.TempPathFactory) -> None:
