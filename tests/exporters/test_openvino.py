@@ -235,6 +235,11 @@ def test_cli_int8_synthetic_calibration_json(tmp_path: Path) -> None:
     assert data["verified"] is False
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     assert manifest["calibration"] == data["calibration"]
+    # the MatMuls weighting values by attention probabilities (one per Softmax) stay float in the IR too
+    model = ov.Core().read_model(str(tmp_path / "q" / "model.xml"))
+    n_softmax = sum(op.get_type_name() in ("SoftMax", "Softmax") for op in model.get_ops())
+    prob_matmuls = [n for n, why in manifest["kept_in_float"].items() if why.startswith("ops reading Softmax")]
+    assert len(prob_matmuls) == n_softmax > 0
     bad = CliRunner().invoke(app, ["export", "s2aformer-mini", "--to", "openvino", "--precision", "int4"])
     assert bad.exit_code == 2 and "unknown OpenVINO precision 'int4'" in bad.output
 

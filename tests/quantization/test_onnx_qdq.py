@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -13,12 +12,12 @@ import pytest
 from edgevit import pipeline, runtimes
 from edgevit.errors import EdgevitError, VerificationError
 from edgevit.formats import format_options
-from edgevit.models import create_model, get_model_card
+from edgevit.models import get_model_card
 from edgevit.models.int8_rules import keep_float_rules
-from edgevit.quantization.accuracy import AgreementReport, measure_agreement
+from edgevit.quantization.accuracy import AgreementReport
 from edgevit.quantization.calibration import CalibrationSource
 from edgevit.quantization.onnx_qdq import quantize_qdq
-from tests.openvino_support import small_size, smallest_per_family
+from tests.openvino_support import small_size
 
 _FP32: dict[str, Path] = {}
 
@@ -76,20 +75,6 @@ def test_family_rules_hold_in_the_written_graph(tmp_path_factory: pytest.TempPat
     quantized_weights = {n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
                          and any(i in producers and producers[i].op_type == "DequantizeLinear" for i in n.input)}
     assert quantized_weights and not quantized_weights & set(keep)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", smallest_per_family())
-def test_smallest_variant_of_every_family_agrees_with_fp32(name: str,
-                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
-    _, dst, _ = _quantized(name, tmp_path_factory)
-    card, size = get_model_card(name), small_size(name)
-    runner = runtimes.load(dst, "onnxruntime")
-    assert runner.info.precision == "int8+fp32"
-    report = measure_agreement(runtimes.load(create_model(name), input_size=size), runner, size, card.mean,
-                               card.std, count=64)
-    print(name, report.summary())
-    assert report.passed and np.isfinite(report.max_rel)
 
 
 def test_export_int8_onnx_is_quantized_and_verified_by_agreement(tmp_path: Path) -> None:
