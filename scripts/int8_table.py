@@ -1,6 +1,8 @@
 """int8 vs fp32 per family: agreement on the fixed evaluation set and single-thread latency, ORT and OpenVINO.
 
-Usage: python scripts/int8_table.py SIZE N_IMAGES OUT_DIR MODEL [MODEL ...]
+Usage: python scripts/int8_table.py [--no-export] SIZE N_IMAGES OUT_DIR MODEL [MODEL ...]
+An artifact already in OUT_DIR (from an earlier, interrupted run) is measured, not exported again;
+``--no-export`` measures only those and skips a runtime whose artifacts are missing.
 Prints one JSON ``ROW`` per model: for each runtime the fp32 and int8 median latency (ms, 1 thread, batch 1,
 15 runs after 2 warm-ups), the speed-up, and the int8 agreement report (edgevit.quantization.accuracy) on the
 first N_IMAGES evaluation images (with how many of them have a clear fp32 class: ``decisive``). Latencies
@@ -31,7 +33,7 @@ def latency_ms(runner, x, reps=15):
     return statistics.median(times) * 1e3
 
 
-def main(size: int, n: int, out: Path, names: list[str]) -> None:
+def main(size: int, n: int, out: Path, names: list[str], export: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
         card, sz = get_model_card(name), (size, size)
@@ -40,12 +42,15 @@ def main(size: int, n: int, out: Path, names: list[str]) -> None:
         row: dict = {"model": name, "size": size, "images": n}
         for to in ("onnx", "openvino"):
             ms = {}
-            for prec in ("fp32", "int8"):
+            paths = {prec: out / (f"{name}-{size}-{to}-{prec}" + (".onnx" if to == "onnx" else ""))
+                     for prec in ("fp32", "int8")}
+            if not export and not all(p.exists() for p in paths.values()):
+                continue
+            for prec, path in paths.items():
                 t = time.time()
-                dst = out / (f"{name}-{size}-{to}-{prec}" + (".onnx" if to == "onnx" else ""))
-                opts = format_options(to, precision=prec) if prec != "fp32" else None
-                path = pipeline.export(name, to, dst, input_size=size, verify=False, force=True,
-                                       format_options=opts).path
+                if not path.exists():
+                    opts = format_options(to, precision=prec) if prec != "fp32" else None
+                    pipeline.export(name, to, path, input_size=size, verify=False, format_options=opts)
                 runner = runtimes.load(path, "onnxruntime" if to == "onnx" else "openvino", threads=1,
                                        **({"precision": "fp32"} if to == "openvino" else {}))
                 ms[prec] = latency_ms(runner, x)
@@ -62,4 +67,5 @@ def main(size: int, n: int, out: Path, names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])
+    args = [a for a in sys.argv[1:] if a != "--no-export"]
+    main(int(args[0]), int(args[1]), Path(args[2]), args[3:], export="--no-export" not in sys.argv)
