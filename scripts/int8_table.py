@@ -63,6 +63,8 @@ def main(size: int, n: int, out: Path, names: list[str], export: bool = True) ->
                 print(name, to, prec, f"{time.time() - t:.0f}s", flush=True)
             row[f"{to}-ms"] = {"fp32": round(ms["fp32"], 2), "int8": round(ms["int8"], 2),
                                "speedup": round(ms["fp32"] / ms["int8"], 2)}
+            print("PART", json.dumps({"model": name, "runtime": to, **{k: row[k] for k in (f"{to}-int8", f"{to}-ms")}}),
+                  flush=True)
         print("ROW", json.dumps(row), flush=True)
 
 
