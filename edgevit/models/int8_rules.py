@@ -42,7 +42,9 @@ class KeepFloat:
 
 
 COMMON: tuple[KeepFloat, ...] = (
-    KeepFloat("op", ("Softmax",), "attention probabilities; 8-bit steps of 1/255 erase the small weights"),
+    KeepFloat("op", ("Softmax",), "attention probabilities are computed in float"),
+    KeepFloat("consumers", ("Softmax",), "the MatMul weighting values by attention probabilities: 8-bit steps "
+              "of 1/255 would erase the small weights", hops=2),
     KeepFloat("op", ("LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization"),
               "norms: statistics over a channel divide by a variance that int8 ranges cannot represent"),
 )

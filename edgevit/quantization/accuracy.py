@@ -9,10 +9,19 @@ through the deployment preprocessing (:func:`edgevit.images.to_tensor`) into bot
 * **relative logit error**: max |int8 - fp32| / max |fp32| over the set (the parity metric of
   :mod:`edgevit.verify`), and the mean over images of ||int8 - fp32||_2 / ||fp32||_2;
 * how many distinct classes the fp32 model predicts on the set: agreement over a set the model maps to
-  one class says nothing, and the report shows it.
+  one class says nothing, and the report shows it;
+* **decisive top-1 agreement**: top-1 agreement over the images whose fp32 top-1 margin (best minus
+  second-best logit) is at least :data:`MARGIN_FLOOR` standard deviations of that image's logits.
 
-An artifact passes when top-1 agreement >= :data:`TOP1_THRESHOLD` (the README's INT8 section says why
-that number). The set is disjoint from the calibration set (another seed and generator).
+The gate is the decisive agreement (>= :data:`TOP1_THRESHOLD`). Why not plain top-1 agreement: with the
+reference weights the classifier head is random, so an image's 1000 logits are close to 1000 Gaussian
+draws and its top-1 is their extreme value, typically only ~0.2 standard deviations above the runner-up
+(measured, README "INT8"). Any perturbation flips such near-ties, an fp32 re-run on another kernel
+included; plain agreement then measures the head's ties, not the quantisation. An image whose fp32 margin
+exceeds the floor is one where a faithful int8 model (logit noise well under the floor) keeps the class
+and a broken one does not. With trained weights the margins are large, almost every image is decisive
+and the gate becomes plain top-1 agreement. The set is disjoint from the calibration set (another seed
+and generator).
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ from ..runtimes.base import Runner
 
 EVAL_COUNT = 500
 EVAL_SEED = 20260  # not calibration.CALIB_SEED: the ranges must not be fitted on the images that judge them
-TOP1_THRESHOLD = 0.90
+TOP1_THRESHOLD = 0.95  # on the decisive images; README "INT8" gives the measurements behind it
+MARGIN_FLOOR = 0.25  # fp32 top-1 margin, in standard deviations of the image's logits, of a decisive image
 
 
 @dataclass(frozen=True)
@@ -39,17 +49,20 @@ class AgreementReport:
     max_rel: float  # max |int8 - fp32| / max |fp32| over the whole set
     mean_rel_l2: float  # mean over images of ||int8 - fp32|| / ||fp32||
     distinct_classes: int  # distinct fp32 top-1 classes on the set
+    decisive: int  # images whose fp32 top-1 margin is at least MARGIN_FLOOR logit standard deviations
+    top1_decisive: float  # top-1 agreement on those images (on all images when none is decisive)
     threshold: float
     candidate: str = ""  # what ran the artifact, e.g. "onnxruntime (int8)"
 
     @property
     def passed(self) -> bool:
-        return self.top1 >= self.threshold
+        return self.top1_decisive >= self.threshold
 
     def summary(self) -> str:
-        return (f"top-1 agreement {self.top1:.1%} (threshold {self.threshold:.0%}), top-5 {self.top5:.1%}, "
-                f"logit error max {self.max_rel:.3g} / mean L2 {self.mean_rel_l2:.3g} relative, on "
-                f"{self.images} images ({self.distinct_classes} distinct fp32 classes)")
+        return (f"top-1 agreement {self.top1_decisive:.1%} on the {self.decisive} images with a clear fp32 "
+                f"class (threshold {self.threshold:.0%}), {self.top1:.1%} on all {self.images}, top-5 "
+                f"{self.top5:.1%}, logit error max {self.max_rel:.3g} / mean L2 {self.mean_rel_l2:.3g} "
+                f"relative ({self.distinct_classes} distinct fp32 classes)")
 
     def to_dict(self) -> dict[str, float | int | bool]:
         return {**asdict(self), "passed": self.passed}
@@ -84,15 +97,29 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray,
     if ref.shape != cand.shape or ref.ndim != 2:
         raise ValueError(f"expected two (N, classes) logit arrays of one shape, got {ref.shape} and {cand.shape}")
     ref_top1 = ref.argmax(1)
+    agree = cand.argmax(1) == ref_top1
     top5 = np.argsort(-cand, axis=1, kind="stable")[:, :5]
     diff = np.abs(cand - ref)
     norms = np.linalg.norm(ref, axis=1)
+    decisive = top1_margins(ref) >= MARGIN_FLOOR
     return AgreementReport(
-        images=len(ref), top1=float((cand.argmax(1) == ref_top1).mean()),
+        images=len(ref), top1=float(agree.mean()),
         top5=float((top5 == ref_top1[:, None]).any(1).mean()),
         max_rel=float(diff.max() / np.abs(ref).max()),
         mean_rel_l2=float(np.mean(np.linalg.norm(cand - ref, axis=1) / np.where(norms > 0, norms, 1.0))),
-        distinct_classes=len(np.unique(ref_top1)), threshold=threshold)
+        distinct_classes=len(np.unique(ref_top1)), decisive=int(decisive.sum()),
+        top1_decisive=float(agree[decisive].mean() if decisive.any() else agree.mean()), threshold=threshold)
+
+
+def top1_margins(logits: np.ndarray) -> np.ndarray:
+    """Per image: (best - second-best logit) / standard deviation of its logits over the classes (a
+    single-class or constant row has margin 0: nothing distinguishes its top-1)."""
+    x = np.asarray(logits, np.float64)
+    if x.shape[1] < 2:
+        return np.zeros(len(x))
+    top2 = np.partition(x, -2, axis=1)[:, -2:]
+    std = x.std(axis=1)
+    return np.where(std > 0, (top2[:, 1] - top2[:, 0]) / np.where(std > 0, std, 1.0), 0.0)
 
 
 def measure_agreement(reference: Runner, candidate: Runner, size: tuple[int, int], mean: Sequence[float],

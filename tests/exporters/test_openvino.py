@@ -25,7 +25,7 @@ from edgevit.exporters import openvino as ovx
 from edgevit.formats import FORMATS, format_options
 from edgevit.images import synthetic_images, to_tensor, write_ppm
 from edgevit.models.int8_rules import KeepFloat, keep_float_rules
-from edgevit.quantization.accuracy import AgreementReport
+from edgevit.quantization.accuracy import TOP1_THRESHOLD, AgreementReport
 from tests.openvino_support import exported_ir, small_size, smallest_per_family
 
 MODELS = smallest_per_family()
@@ -136,9 +136,9 @@ def test_int8_with_calibration_images(tmp_path: Path) -> None:
     calib.mkdir()
     for i, img in enumerate(synthetic_images(6, (80, 72), seed=11)):  # resized (crop+bilinear) to 64x64
         write_ppm(calib / f"{i}.ppm", img)
-    # This test is about the calibration plumbing and the keep-in-float rule, so it does not gate on agreement:
-    # six 64x64 calibration images give DualFormer-T ranges far too narrow (measured: top-1 agreement 20.8% on
-    # the reference weights), which verification rightly rejects. That rejection is asserted at the end.
+    # This test is about the calibration plumbing and the keep-in-float rule, so it does not gate on agreement
+    # (six 64x64 calibration images are too few for trustworthy ranges; the gate is measured by
+    # scripts/int8_table.py, README "INT8"). The end checks that verify takes the agreement path.
     report = pipeline.export("dualformer-t", "openvino", tmp_path / "int8", input_size=64, verify=False,
                              format_options=format_options("openvino", precision="int8", calib_images=calib))
     manifest = json.loads((report.path / "manifest.json").read_text())
@@ -157,7 +157,7 @@ def test_int8_with_calibration_images(tmp_path: Path) -> None:
     assert runner.info.precision == "int8+fp32" and runner.info.details["ir_precision"] == "int8"
     # an int8 artifact is verified by top-1 agreement with fp32 on the evaluation set, not an elementwise bound
     agreement = pipeline.verify(None, report.path, eval_images=24)
-    assert isinstance(agreement, AgreementReport) and agreement.images == 24 and agreement.threshold == 0.9
+    assert isinstance(agreement, AgreementReport) and agreement.images == 24 and agreement.threshold == TOP1_THRESHOLD
 
 
 def _toy_model() -> ov.Model:
@@ -225,8 +225,8 @@ def test_failed_verification_leaves_nothing_and_keeps_the_old_folder(
 
 @needs_nncf
 def test_cli_int8_synthetic_calibration_json(tmp_path: Path) -> None:
-    # The agreement gate is not the subject here (s2aformer-mini at 64x64 on the synthetic calibration set reaches
-    # 81% top-1 agreement on 16 images, below the 90% gate: measured this session, see the README's INT8 section)
+    # The agreement gate is not the subject here (it is measured at deployment sizes by scripts/int8_table.py,
+    # README "INT8"); this checks the CLI's JSON and that NNCF's output stays off stdout.
     res = CliRunner().invoke(app, ["export", "s2aformer-mini", "--to", "openvino", "--precision", "int8",
                                    "--input-size", "64", "-o", str(tmp_path / "q"), "--no-verify", "--json"])
     assert res.exit_code == 0, res.output
@@ -235,6 +235,11 @@ def test_cli_int8_synthetic_calibration_json(tmp_path: Path) -> None:
     assert data["verified"] is False
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     assert manifest["calibration"] == data["calibration"]
+    # the MatMuls weighting values by attention probabilities (one per Softmax) stay float in the IR too
+    model = ov.Core().read_model(str(tmp_path / "q" / "model.xml"))
+    n_softmax = sum(op.get_type_name() in ("SoftMax", "Softmax") for op in model.get_ops())
+    prob_matmuls = [n for n, why in manifest["kept_in_float"].items() if why.startswith("ops reading Softmax")]
+    assert len(prob_matmuls) == n_softmax > 0
     bad = CliRunner().invoke(app, ["export", "s2aformer-mini", "--to", "openvino", "--precision", "int4"])
     assert bad.exit_code == 2 and "unknown OpenVINO precision 'int4'" in bad.output
 

@@ -7,7 +7,13 @@ import pytest
 
 from edgevit.errors import EdgevitError
 from edgevit.images import synthetic_images
-from edgevit.quantization.accuracy import compare_logits, evaluation_images, measure_agreement
+from edgevit.quantization.accuracy import (
+    MARGIN_FLOOR,
+    compare_logits,
+    evaluation_images,
+    measure_agreement,
+    top1_margins,
+)
 from edgevit.quantization.calibration import CalibrationSource
 from edgevit.runtimes.base import Runner, RunnerInfo, TensorSpec
 
@@ -25,6 +31,29 @@ def test_agreement_metrics_on_hand_made_logits() -> None:
     l2 = [0.0, 11.0 / 10.0, np.sqrt(11.0**2 + 5) / 10.0, 0.0]
     assert report.mean_rel_l2 == pytest.approx(np.mean(l2))
     assert report.passed and not compare_logits(ref, cand, threshold=0.75).passed
+    assert report.decisive == 4 and report.top1_decisive == report.top1  # every fp32 class is clear here
+
+
+def test_gate_counts_only_images_with_a_clear_fp32_class() -> None:
+    """Near-tied fp32 logits (a random classifier head's usual case) are reported but do not decide."""
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((6, 100))
+    ref[:, 0] = ref[:, 1:].max(1) + np.array([0.01, 0.01, 0.01, 2.0, 2.0, 2.0])  # three near-ties, three clear
+    margin = top1_margins(ref)
+    # the reference computation: (best - runner-up) / std over the classes
+    expected = [(np.sort(r)[-1] - np.sort(r)[-2]) / r.std() for r in ref]
+    assert margin == pytest.approx(expected, rel=1e-12)
+    assert (margin[:3] < MARGIN_FLOOR).all() and (margin[3:] > MARGIN_FLOOR).all()
+    cand = ref.copy()
+    cand[:3, 1] = cand[:3, 0] + 0.02  # the near-ties flip: plain agreement 50 %
+    report = compare_logits(ref, cand, threshold=0.95)
+    assert report.top1 == 0.5 and report.decisive == 3 and report.top1_decisive == 1.0 and report.passed
+    cand[3, 2] = cand[3, 0] + 1.0  # a clear class flips: the gate fails
+    report = compare_logits(ref, cand, threshold=0.95)
+    assert report.top1_decisive == pytest.approx(2 / 3) and not report.passed
+    # no decisive image at all: the gate falls back to every image, never passes vacuously
+    tied = compare_logits(ref[:3], cand[:3], threshold=0.95)
+    assert tied.decisive == 0 and tied.top1_decisive == tied.top1 == 0.0 and not tied.passed
 
 
 def test_evaluation_set_is_fixed_structured_and_not_the_calibration_set() -> None:

@@ -1,0 +1,39 @@
+"""The INT8 gate at a deployment-like size: the smallest variant of every family, exported to int8 ONNX (ONNX
+Runtime) and OpenVINO with the default recipe (64 synthetic calibration images), passes top-1 agreement on
+the decisive evaluation images. Slow (an export and 2 x 200 forward passes per case); the same numbers,
+with speed, come from scripts/int8_table.py (README "INT8")."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from edgevit import pipeline
+from edgevit.formats import format_options
+from tests.openvino_support import smallest_per_family
+
+SIZE, IMAGES = 128, 200  # the table's setting (README "INT8 measurements")
+
+
+# Known failure (README "INT8 measurements"): DualFormer-T's convolutions give twice the others' logit error in
+# ONNX Runtime int8 (93.3 % decisive agreement at 224x224). Not strict: it was not measured at this size.
+_KNOWN = {("dualformer-t", "onnx"): "DualFormer-T int8 convolutions too noisy for the gate (issue 15, open)"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["onnx", "openvino"])
+@pytest.mark.parametrize("name", smallest_per_family())
+def test_int8_export_passes_the_agreement_gate(name: str, to: str, tmp_path: Path,
+                                               request: pytest.FixtureRequest) -> None:
+    if (name, to) in _KNOWN:
+        request.applymarker(pytest.mark.xfail(reason=_KNOWN[name, to], strict=False))
+    if to == "openvino" and importlib.util.find_spec("nncf") is None:
+        pytest.skip("OpenVINO int8 needs nncf")
+    out = tmp_path / ("q.onnx" if to == "onnx" else "q")
+    report = pipeline.export(name, to, out, input_size=SIZE, eval_images=IMAGES,
+                             format_options=format_options(to, precision="int8"))
+    assert report.agreement is not None and report.agreement.passed, report.agreement
+    assert report.agreement.candidate.endswith("(int8+fp32)")  # integer kernels ran, not an fp32 fallback
+    assert report.agreement.decisive >= IMAGES // 10, report.agreement.summary()  # the gate judged enough images
