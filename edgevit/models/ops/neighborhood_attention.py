@@ -45,8 +45,9 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .constants import constant_tables, tracing
 
-# Queries per tile side. Measured on CPU (edgevit bench, a2mamba-n, batch 16 at 224): see
-# docs/models/a2mamba.md; 1 reproduces the per-query gather.
+# Queries per tile side. 1 reproduces the per-query gather (matrix-vector products: slowest in eager);
+# 2, 4 and 7 were timed at a2mamba-n's stage shapes (eager, batch 4 at 224; issue 20's closing note):
+# 4 and 7 were fastest within noise, and 4 keeps the logits at (4+K-1)^2 instead of (7+K-1)^2 per query.
 DEFAULT_TILE = 4
 
 
@@ -78,7 +79,7 @@ class AxisTiles:
     ``q_pos (nt, T)``: the queries of each tile (a partial tile repeats its last query; ``q_real`` is
     False there); ``k_pos (nt, R)``, ``R = T + K - 1``: the region's keys; ``rel (nt, T, R)``: bias
     offset of each (query, key) pair (0 where ``inside`` is False); ``inside (nt, T, R)``: key in the
-    query's window (all True for repeated queries, whose results are discarded); ``slot (length,)``:
+    query's window (repeated queries' results are discarded); ``slot (length,)``:
     where each position's query sits, ``tile * T + slot``.
     """
 
@@ -122,7 +123,7 @@ def axis_tiles(length: int, kernel_size: int, dilation: int, tile: int) -> AxisT
             q_real.append(real)
             k_pos.append(keys)
             rels.append(rel_tr)
-            inside.append(np.where(real[:, None], hit, True))
+            inside.append(hit)  # a repeated query repeats a real window: never an all -inf row
     return AxisTiles(np.stack(q_pos), np.stack(q_real), np.stack(k_pos), np.stack(rels), np.stack(inside), slot)
 
 
