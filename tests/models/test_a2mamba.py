@@ -194,3 +194,15 @@ def test_resize_token_bias_eager_is_interpolate() -> None:
     bias = torch.randn(1, 2, 49, 49)
     want = F.interpolate(bias, size=(70, 70), mode="bicubic", align_corners=False)
     assert torch.equal(resize_token_bias(bias, 70), want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("v", VARIANTS)
+def test_torch_compile_matches_eager(v: str) -> None:
+    # issue 20: dynamo used to fail on the NumPy-backed index tables; fullgraph proves no graph break
+    model = _model(v)
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(x)
+        got = torch.compile(model, fullgraph=True)(x)
+    assert rel_err(got, want) <= 1e-4
