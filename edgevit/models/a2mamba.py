@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import Backbone, LayerNorm2d
-from .ops.constants import constant_tables, tracing
+from .ops.constants import constant_tables, table_builder, tracing
 from .ops.neighborhood_attention import NAPlan, na_av, na_plan, na_qk
 from .ops.selective_scan import selective_scan
 from .paper import throughput_for
@@ -64,6 +64,7 @@ def rotate_pairs(x: Tensor) -> Tensor:
     return torch.stack((-odd, even), dim=-1).flatten(-2)
 
 
+@table_builder("bicubic_resize")
 @functools.lru_cache(maxsize=64)
 def _bicubic_matrix_np(out_size: int, in_size: int) -> tuple[np.ndarray]:
     """The ``(out, in)`` matrix of PyTorch's 1-D bicubic resize (A = -0.75, half-pixel centres, border taps
@@ -95,7 +96,7 @@ def resize_token_bias(bias: Tensor, size: int) -> Tensor:
     """
     if not torch.compiler.is_exporting():
         return F.interpolate(bias, size=(size, size), mode="bicubic", align_corners=False)
-    (mat,) = constant_tables(_bicubic_matrix_np, (size, bias.shape[-1]), (bias.dtype,), bias.device)
+    (mat,) = constant_tables("bicubic_resize", (size, bias.shape[-1]), (bias.dtype,), bias.device)
     return mat @ bias @ mat.transpose(0, 1)
 
 

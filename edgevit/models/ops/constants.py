@@ -16,6 +16,16 @@ import torch
 from torch import Tensor
 
 TableBuilder = Callable[..., tuple[np.ndarray, ...]]
+_BUILDERS: dict[str, TableBuilder] = {}
+
+
+def table_builder(name: str) -> Callable[[TableBuilder], TableBuilder]:
+    """Register a pure (cached) function returning a tuple of arrays under ``name``; dynamo needs the
+    name, a constant, because it cannot pass a function into ``assume_constant_result``."""
+    def register(fn: TableBuilder) -> TableBuilder:
+        _BUILDERS[name] = fn
+        return fn
+    return register
 
 
 def tracing() -> bool:
@@ -24,14 +34,15 @@ def tracing() -> bool:
 
 
 @torch.compiler.assume_constant_result
-def _as_lists(build: TableBuilder, args: tuple[object, ...]) -> tuple[list, ...]:
-    return tuple(np.asarray(a).tolist() for a in build(*args))
+def _as_lists(name: str, args: tuple[object, ...]) -> tuple[list, ...]:
+    return tuple(np.asarray(a).tolist() for a in _BUILDERS[name](*args))
 
 
-def constant_tables(build: TableBuilder, args: tuple[object, ...], dtypes: Sequence[torch.dtype],
+def constant_tables(name: str, args: tuple[object, ...], dtypes: Sequence[torch.dtype],
                     device: torch.device | str = "cpu") -> list[Tensor]:
-    """The arrays of ``build(*args)`` (a pure, cached function) as tensors of ``dtypes`` on ``device``."""
+    """The arrays of the builder ``name`` (see :func:`table_builder`) at ``args`` as tensors of
+    ``dtypes`` on ``device``."""
     if tracing():
-        return [torch.tensor(a, dtype=dt, device=device) for a, dt in zip(_as_lists(build, args), dtypes)]
+        return [torch.tensor(a, dtype=dt, device=device) for a, dt in zip(_as_lists(name, args), dtypes)]
     return [torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
-            for a, dt in zip(build(*args), dtypes)]
+            for a, dt in zip(_BUILDERS[name](*args), dtypes)]

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .constants import constant_tables, tracing
+from .constants import constant_tables, table_builder, tracing
 
 # Queries per tile side. 1 reproduces the per-query gather (matrix-vector products: slowest in eager);
 # 2, 4 and 7 were timed at a2mamba-n's stage shapes (eager, batch 4 at 224; issue 20's closing note):
@@ -153,6 +153,7 @@ class NAPlan:
         return self.tile + self.kernel_size - 1
 
 
+@table_builder("na_plan")
 @functools.lru_cache(maxsize=256)
 def _plan_arrays(height: int, width: int, kernel_size: int, dil_h: int, dil_w: int,
                  tile: int) -> tuple[np.ndarray, ...]:
@@ -176,7 +177,7 @@ def na_plan(height: int, width: int, kernel_size: int, dilation: tuple[int, int]
     in_trace = tracing()
     if not in_trace and key in _DEVICE_CACHE:
         return _DEVICE_CACHE[key]
-    tensors = constant_tables(_plan_arrays, args, _PLAN_DTYPES, device)
+    tensors = constant_tables("na_plan", args, _PLAN_DTYPES, device)
     region = tile + kernel_size - 1
     plan = NAPlan(height, width, kernel_size, tile, tensors[2].shape[0] // region,
                   tensors[3].shape[0] // region, *tensors)
