@@ -25,7 +25,7 @@ class ArtifactMetadata:
     input_names: tuple[str, ...] = ("input",)
     output_names: tuple[str, ...] = ("logits",)
     features_only: bool = False
-    weights: str = "random(seed=0)"
+    weights: str = "reference(seed=0)"
     seed: int = 0
     edgevit_version: str = ""
     extra: dict[str, str] = field(default_factory=dict)

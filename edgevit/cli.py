@@ -178,47 +178,56 @@ def export(
     input_size: Annotated[str | None, typer.Option(help="H or HxW (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
     dynamic_batch: Annotated[bool, typer.Option(help="Make the batch axis dynamic (overrides --batch).")] = False,
-    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 18).")] = None,
-    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxslim.")] = True,
     weights: Annotated[str | None, typer.Option(help="Local checkpoint (.pth/.pt/.safetensors).")] = None,
     features_only: Annotated[bool, typer.Option(help="Export the four stage feature maps, no classifier.")] = False,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check parity in ONNX Runtime.")] = True,
-    rtol: Annotated[float, typer.Option(help="Max abs error / max |reference| allowed.")] = 1e-4,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check parity with PyTorch in the format's "
+                                                                       "runtime (and the intermediate ONNX's).")] = True,
+    rtol: Annotated[float | None, typer.Option(help="Max abs error / max |reference| allowed (default: the "
+                                                    "format's for its precision: 1e-4 fp32, 1e-2 fp16, 0.5 int8).")
+                    ] = None,
     atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
-    precision: Annotated[str | None, typer.Option(help="OpenVINO IR: fp32, fp16 or int8 (NNCF); TensorRT engine: "
-                                                       "fp16 (default) or fp32.")] = None,
-    min_batch: Annotated[int | None, typer.Option(help="TensorRT: smallest batch of the optimisation profile "
-                                                       "(default --batch).")] = None,
-    opt_batch: Annotated[int | None, typer.Option(help="TensorRT: batch the profile is tuned for.")] = None,
-    max_batch: Annotated[int | None, typer.Option(help="TensorRT: largest batch of the profile.")] = None,
-    workspace: Annotated[float, typer.Option(help="TensorRT builder workspace in GB.")] = 4.0,
     option: Annotated[list[str] | None, typer.Option("--option", help="Model constructor option KEY=VALUE, "
                                                      "repeatable (e.g. sampler=manual for MAT).")] = None,
-    embed_preprocess: Annotated[bool, typer.Option(help="OpenVINO: take uint8 NHWC RGB, normalise inside.")] = False,
-    calib_images: Annotated[Path | None, typer.Option(help="OpenVINO int8: folder of calibration images "
+    # Format options: None means "not given", so a flag the format does not take is refused, never ignored.
+    opset: Annotated[int | None, typer.Option(help="onnx/openvino/tensorrt: ONNX opset (default 18).")] = None,
+    simplify: Annotated[bool | None, typer.Option("--simplify/--no-simplify", help="onnx/openvino/tensorrt: run "
+                                                                                   "onnxslim (default on).")] = None,
+    scan: Annotated[str | None, typer.Option(help="onnx/openvino/tensorrt, A2Mamba: selective scans as decomposed "
+                                                  "standard ops (default) or custom (one edgevit.SelectiveScan node "
+                                                  "each, body shipped as an ONNX function).")] = None,
+    precision: Annotated[str | None, typer.Option(help="openvino: fp32 (default), fp16 or int8 (NNCF); tensorrt: "
+                                                       "fp16 (default) or fp32.")] = None,
+    embed_preprocess: Annotated[bool | None, typer.Option("--embed-preprocess", help="openvino: take uint8 NHWC "
+                                                          "RGB, normalise inside.")] = None,
+    calib_images: Annotated[Path | None, typer.Option(help="openvino int8: folder of calibration images "
                                                             "(default: a synthetic set).")] = None,
-    scan: Annotated[str, typer.Option(help="A2Mamba selective scans: decomposed (standard ops) or custom (one "
-                                           "edgevit.SelectiveScan node each, body shipped as an ONNX function).")
-                    ] = "decomposed",
+    opt_batch: Annotated[int | None, typer.Option(help="tensorrt --dynamic-batch: batch the profile is tuned for "
+                                                       "(default --max-batch).")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="tensorrt --dynamic-batch: largest batch of the profile.")
+                         ] = None,
+    workspace: Annotated[float | None, typer.Option(help="tensorrt: builder workspace in GB (default 4).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Export a model; the artifact appears under its name only once it has been verified."""
     from . import pipeline
+    from .formats import format_options
 
+    flags = {"opset": opset, "simplify": simplify, "scan": scan, "precision": precision,
+             "embed_preprocess": embed_preprocess, "calib_images": calib_images, "opt_batch": opt_batch,
+             "max_batch": max_batch, "workspace": workspace}
+    given = {k: v for k, v in flags.items() if v is not None}  # only what the user typed
+    fopts = format_options(to, **given)
+    common = pipeline.ExportOptions(input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, weights=weights,
+                                    features_only=features_only, model_options=pipeline.parse_model_options(option),
+                                    verify=verify, rtol=rtol, atol=atol)
     with _progress() as progress:
         progress.add_task(f"exporting {model} to {to}" + (" and verifying" if verify else ""), total=None)
-        report = pipeline.export(model, to, output, input_size=input_size, batch=min_batch or batch,
-                                 dynamic_batch=dynamic_batch,
-                                 opset=opset, simplify=simplify, weights=weights, features_only=features_only,
-                                 verify=verify, atol=atol, rtol=rtol, precision=precision,
-                                 embed_preprocess=embed_preprocess, calib_images=calib_images, scan=scan,
-                                 opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace,
-                                 model_options=pipeline.parse_model_options(option))
+        report = pipeline.export(model, to, output, common, fopts)
     result = {"path": str(report.path), "model": report.metadata.model, "input_size": list(report.metadata.input_size),
               "batch": report.metadata.batch, "outputs": list(report.metadata.output_names),
               "size_mb": round(report.size_bytes / 1e6, 2), "seconds": round(report.seconds, 1),
               "verified": report.parity is not None}
-    result.update({k: report.metadata.extra[k] for k in ("precision", "preprocess", "calibration", "scan")
+    result.update({k: report.metadata.extra[k] for k in ("format", "precision", "preprocess", "calibration", "scan")
                    if k in report.metadata.extra})
     if report.parity is not None:
         result.update(_parity_dict(report.parity))
@@ -229,7 +238,7 @@ def export(
     if "calibration" in result:
         console.print(f"  int8 calibration: {result['calibration']}", highlight=False)
     if report.parity is not None:
-        console.print(f"  verified in {report.parity.candidate or 'ONNX Runtime'}: {report.parity.summary()}")
+        console.print(f"  verified in {report.parity.candidate}: {report.parity.summary()}")
 
 
 def _parity_dict(parity: Any) -> dict[str, Any]:

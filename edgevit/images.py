@@ -5,14 +5,12 @@ aspect ratio, bilinear resize with half-pixel centres computed in double precisi
 uint8; then :func:`to_tensor`), so Python and C++ feed a model bit-identical uint8 pixels and their
 logits can be compared. The steps are also what an INT8 calibration set goes through.
 
-Decoding needs no imaging library: binary PPM/PGM (P6/P5) and 8-bit non-interlaced PNG are read here;
-any other format (JPEG, ...) is read through Pillow when it happens to be installed.
+Decoding is Pillow's (every common format); :func:`write_ppm` writes the PPM the C++ example reads without
+an imaging library.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,31 +18,26 @@ import numpy as np
 
 from .errors import EdgevitError
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_SUFFIXES = (".ppm", ".pgm", ".pnm", ".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An RGB image file -> (H, W, 3) uint8."""
+    """An image file (PNG, JPEG, PPM/PGM, BMP, WebP, ...) -> (H, W, 3) uint8 RGB, decoded by Pillow.
+
+    Grey images are repeated to three channels and alpha is dropped (not composited); EXIF orientation is
+    not applied. 16-bit and float images are refused rather than clipped to 8 bits.
+    """
+    from PIL import Image, UnidentifiedImageError
+
     path = Path(path)
-    data = path.read_bytes()
-    try:
-        if data[:2] in (b"P5", b"P6"):
-            return _decode_pnm(data)
-        if data[:8] == PNG_SIGNATURE:
-            return _decode_png(data)
-    except (ValueError, IndexError, zlib.error, struct.error) as exc:
-        raise EdgevitError(f"cannot decode {str(path)!r}: {exc}") from exc
-    try:
-        from PIL import Image
-    except ImportError:
-        raise EdgevitError(f"cannot read {str(path)!r}: edgevit decodes PPM (P6), PGM (P5) and PNG itself; "
-                           "other formats need Pillow (pip install pillow)") from None
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:  # Pillow raises its own error types for unreadable files
-        raise EdgevitError(f"cannot decode {str(path)!r}: {exc}") from exc
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # convert("RGB") would clip, not scale
+                raise EdgevitError(f"{str(path)!r} is a {im.mode} (16-bit or float) image; edgevit reads 8-bit "
+                                   "images, convert it first")
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # Pillow's decode errors
+        raise EdgevitError(f"cannot decode {str(path)!r} as an image: {exc}") from exc
 
 
 def write_ppm(path: str | Path, image: np.ndarray) -> Path:
@@ -55,87 +48,6 @@ def write_ppm(path: str | Path, image: np.ndarray) -> Path:
     path = Path(path)
     path.write_bytes(b"P6\n%d %d\n255\n" % (image.shape[1], image.shape[0]) + image.tobytes())
     return path
-
-
-def _decode_pnm(data: bytes) -> np.ndarray:
-    tokens: list[bytes] = []
-    pos = 2
-    while len(tokens) < 3:  # width, height, maxval; '#' starts a comment up to the end of the line
-        while data[pos:pos + 1].isspace():
-            pos += 1
-        if data[pos:pos + 1] == b"#":
-            pos = data.index(b"\n", pos) + 1
-            continue
-        end = pos
-        while not data[end:end + 1].isspace():
-            end += 1
-        tokens.append(data[pos:end])
-        pos = end
-    width, height, maxval = (int(t) for t in tokens)
-    if maxval > 255:
-        raise ValueError(f"16-bit PNM (maxval {maxval}) is not supported")
-    channels = 3 if data[:2] == b"P6" else 1
-    count = width * height * channels
-    pixels = np.frombuffer(data, np.uint8, count, pos + 1).reshape(height, width, channels)
-    if maxval != 255:
-        pixels = np.floor(pixels.astype(np.float64) * 255.0 / maxval + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(np.broadcast_to(pixels, (height, width, 3)))
-
-
-def _decode_png(data: bytes) -> np.ndarray:
-    pos, idat, header = 8, [], None
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    if header is None:
-        raise ValueError("PNG without IHDR")
-    width, height, depth, color, _, _, interlace = header
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(color)
-    if depth != 8 or channels is None or interlace:
-        raise ValueError(f"only 8-bit non-interlaced grey/RGB(A) PNG is supported (depth {depth}, colour type "
-                         f"{color}, interlace {interlace})")
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(height, 1 + width * channels)
-    pixels = _unfilter_png(raw[:, 1:], raw[:, 0], channels).reshape(height, width, channels)
-    rgb = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
-    return np.ascontiguousarray(rgb)
-
-
-def _unfilter_png(rows: np.ndarray, filters: np.ndarray, bpp: int) -> np.ndarray:
-    """Undo PNG's per-row filters (None, Sub, Up, Average, Paeth); arithmetic is modulo 256."""
-    out = np.zeros(rows.shape, np.int32)
-    prev = np.zeros(rows.shape[1], np.int32)
-    for y, kind in enumerate(filters):
-        line = rows[y].astype(np.int32)
-        if kind == 0:
-            cur = line
-        elif kind == 2:
-            cur = (line + prev) & 0xFF
-        elif kind == 1:  # Sub: a running sum per byte position modulo bpp
-            cur = np.cumsum(line.reshape(-1, bpp), axis=0).reshape(-1) & 0xFF
-        elif kind in (3, 4):
-            cur = line.copy()
-            for x in range(len(cur)):  # Average and Paeth depend on the already decoded left neighbour
-                a = int(cur[x - bpp]) if x >= bpp else 0
-                b = int(prev[x])
-                if kind == 3:
-                    pred = (a + b) >> 1
-                else:
-                    c = int(prev[x - bpp]) if x >= bpp else 0
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                cur[x] = (cur[x] + pred) & 0xFF
-        else:
-            raise ValueError(f"unknown PNG filter {kind}")
-        out[y] = prev = cur
-    return out.astype(np.uint8)
 
 
 def crop_box(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -6,24 +6,31 @@ one-way dependency (model -> exporter -> artifact -> runtime -> verify/bench).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from . import __version__, runtimes
 from .artifact import ArtifactMetadata, atomic_output, atomic_output_dir
+from .cache import cache_dir
 from .errors import ArtifactError, EdgevitError, InputShapeError, VerificationError
-from .models import create_model, get_model_card, resolve_name
+from .formats import FOLDER, FORMATS, Format, check_precision, format_options, get_format
+from .models import create_model, get_model_card, is_generated_weights, resolve_name, weights_label
 from .models.registry import ModelCard
+from .runtimes import Runner
 from .verify import ParityReport, verify_runner
 
-FORMATS = ("onnx", "openvino", "tensorrt")
 DEFAULT_VERIFY_BATCH = 2
+__all__ = ["ExportOptions", "ExportReport", "cache_dir", "cached_artifact", "export", "format_options", "verify"]
 
 
 def parse_input_size(value: int | str | tuple[int, int] | None, card: ModelCard) -> tuple[int, int]:
@@ -72,14 +79,9 @@ class ExportReport:
 
 def build_model(name: str, weights: str | None = None, features_only: bool = False, seed: int = 0,
                 options: dict[str, Any] | None = None) -> nn.Module:
-    """``options`` are the family's constructor overrides (e.g. MAT ``sampler="manual"``); an option the
-    family does not take is a user error, not a TypeError."""
-    try:
-        return create_model(name, weights=weights, features_only=features_only, seed=seed, **(options or {}))
-    except TypeError as exc:
-        if options and "unexpected keyword argument" in str(exc):
-            raise EdgevitError(f"{name} does not take model option(s) {', '.join(options)}: {exc}") from exc
-        raise
+    """``options`` are the family's constructor overrides (e.g. MAT ``sampler="manual"``), checked against
+    the options its card declares before anything is built (:meth:`ModelCard.check_options`)."""
+    return create_model(name, weights=weights, features_only=features_only, seed=seed, **(options or {}))
 
 
 def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -98,174 +100,134 @@ def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def export(
-    name: str,
-    to: str = "onnx",
-    output: str | Path | None = None,
-    *,
-    input_size: int | str | tuple[int, int] | None = None,
-    batch: int = 1,
-    dynamic_batch: bool = False,
-    opset: int | None = None,
-    simplify: bool = True,
-    weights: str | None = None,
-    features_only: bool = False,
-    verify: bool = True,
-    atol: float = 0.0,
-    rtol: float = 1e-4,
-    seed: int = 0,
-    scan: str = "decomposed",
-    precision: str | None = None,
-    embed_preprocess: bool = False,
-    calib_images: str | Path | None = None,
-    opt_batch: int | None = None,
-    max_batch: int | None = None,
-    workspace_gb: float = 4.0,
-    model_options: dict[str, Any] | None = None,
-) -> ExportReport:
-    """Export a registry model and (by default) verify the artifact before it appears under its name.
+@dataclass(frozen=True)
+class ExportOptions:
+    """What every format shares: which model to build, at which shape, and how to verify it.
 
-    ``scan`` picks how selective scans (A2Mamba) are written: ``"decomposed"`` standard ops or
-    ``"custom"`` one ``edgevit.SelectiveScan`` node each (see ``edgevit.exporters.onnx_scan``).
-    ``precision``, ``embed_preprocess`` and ``calib_images`` are OpenVINO's (see :func:`export_openvino`);
-    ``precision``, ``batch`` (the minimum), ``opt_batch``, ``max_batch`` and ``workspace_gb`` TensorRT's.
-    ``model_options`` are constructor overrides, recorded in the artifact so ``verify`` rebuilds the same model.
-    A failed verification raises :class:`VerificationError` and leaves no file at ``output``.
+    ``rtol``/``atol`` bound the verification (``max_abs <= atol + rtol * max|reference|`` per output);
+    ``rtol=None`` takes the format's default for its precision (:attr:`Format.tolerance`). A format built
+    from an intermediate (OpenVINO, TensorRT from ONNX) verifies the intermediate with the same
+    ``verify``/``rtol``/``atol`` (``None``: the intermediate's own default).
     """
-    if to not in FORMATS:
-        raise EdgevitError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
-    if to == "openvino":
-        return export_openvino(name, output, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
-                               opset=opset, simplify=simplify, weights=weights, features_only=features_only,
-                               verify=verify, atol=atol, rtol=rtol, seed=seed, scan=scan,
-                               precision=precision or "fp32", embed_preprocess=embed_preprocess,
-                               calib_images=calib_images, model_options=model_options)
-    if to == "tensorrt":
-        if embed_preprocess or calib_images is not None:
-            raise EdgevitError("--embed-preprocess and --calib-images apply to --to openvino only")
-        return export_tensorrt(name, output, input_size=input_size, precision=precision or "fp16", min_batch=batch,
-                               opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace_gb,
-                               weights=weights, features_only=features_only, scan=scan, verify=verify, rtol=rtol,
-                               seed=seed, model_options=model_options)
-    if precision is not None or embed_preprocess or calib_images is not None:
-        raise EdgevitError("--precision, --embed-preprocess and --calib-images apply to --to openvino/tensorrt; "
-                           "an ONNX export is always fp32")
-    name = resolve_name(name)
+
+    input_size: int | str | tuple[int, int] | None = None
+    batch: int = 1
+    dynamic_batch: bool = False  # overrides ``batch``
+    weights: str | None = None
+    features_only: bool = False
+    seed: int = 0
+    model_options: dict[str, Any] | None = None  # family constructor overrides, recorded in the artifact
+    verify: bool = True
+    rtol: float | None = None
+    atol: float = 0.0
+
+
+def export(model: str, to: str = "onnx", output: str | Path | None = None, options: ExportOptions | None = None,
+           format_options: Any = None, **common: Any) -> ExportReport:
+    """Export a registry model to format ``to`` and (by default) verify it before it appears at ``output``.
+
+    ``options`` are the :class:`ExportOptions` every format takes (``**common`` overrides their fields, e.g.
+    ``input_size=64, verify=False``); ``format_options`` is the format's own options object
+    (``formats.format_options("openvino", precision="fp16")``; default: the format's defaults). A failed
+    verification raises :class:`VerificationError` and leaves nothing at ``output``.
+    """
+    fmt = get_format(to)
+    opts = _export_options(options, common, fmt)
+    fopts = fmt.options_type() if format_options is None else format_options
+    if not isinstance(fopts, fmt.options_type):
+        raise EdgevitError(f"--to {to} takes {fmt.options_type.__name__} options, got {type(fopts).__name__}; "
+                           f"build them with edgevit.formats.format_options({to!r}, ...)")
+    check_precision(fmt, fopts)
+    name = resolve_name(model)
     card = get_model_card(name)
-    size = parse_input_size(input_size, card)
-    if batch < 1:
-        raise EdgevitError(f"--batch must be at least 1, got {batch}")
-    model = build_model(name, weights, features_only, seed, model_options)
+    size = parse_input_size(opts.input_size, card)
+    if opts.batch < 1:
+        raise EdgevitError(f"--batch must be at least 1, got {opts.batch}")
+    batch = None if opts.dynamic_batch else opts.batch
+    fopts.check(batch)
+    out = Path(output) if output is not None else None
+    if out is not None and fmt.artifact == FOLDER and out.suffix.lower() in _file_suffixes():
+        raise EdgevitError(f"an {fmt.title} is a folder, not a {out.suffix} file; pass a folder as --output, "
+                           f"e.g. {out.with_suffix('')}")
+    if fmt.check_available is not None:
+        fmt.check_available()
+    net = build_model(name, opts.weights, opts.features_only, opts.seed, opts.model_options)
     meta = ArtifactMetadata(
-        model=name, input_size=size, mean=card.mean, std=card.std, batch=None if dynamic_batch else batch,
-        output_names=tuple(model.output_names), features_only=features_only,
-        weights=str(Path(weights).resolve()) if weights else f"random(seed={seed})", seed=seed,
+        model=name, input_size=size, mean=card.mean, std=card.std, batch=batch,
+        output_names=tuple(net.output_names), features_only=opts.features_only,
+        weights=weights_label(opts.weights, opts.seed), seed=opts.seed,
         edgevit_version=__version__,
-        extra={"scan": scan, **({"model_options": json.dumps(model_options)} if model_options else {})},
+        extra={"model_options": json.dumps(opts.model_options)} if opts.model_options else {},
     )
-    path = Path(output) if output else Path("artifacts") / f"{default_stem(meta)}.onnx"
+    reference = runtimes.load(net, input_size=size) if opts.verify else None
     t0 = time.perf_counter()
-    from .exporters.onnx import DEFAULT_OPSET, OnnxExportOptions, export_onnx
-
-    options = OnnxExportOptions(size, batch, dynamic_batch, opset or DEFAULT_OPSET, simplify, scan=scan)
-    parity = None
-    with atomic_output(path) as tmp:
-        export_onnx(model, tmp, options, meta)
-        if verify:
-            parity = verify_runner(runtimes.load(model, input_size=size), runtimes.load(tmp, "onnxruntime"),
-                                   DEFAULT_VERIFY_BATCH if dynamic_batch else batch, size, seed=seed,
-                                   atol=atol, rtol=rtol)
-            if not parity.passed:
-                raise VerificationError(f"{name} ONNX output differs from PyTorch beyond rtol={rtol:g} atol={atol:g} "
-                                        f"({parity.summary()}); nothing was written to {path}")
-    return ExportReport(path, meta, time.perf_counter() - t0, path.stat().st_size, parity)
-
-
-# Parity bounds of OpenVINO IRs, always run in f32 for verification: fp32 IRs match like ONNX Runtime;
-# fp16 IRs store weights with a 10-bit mantissa (decompressed to f32 at load); int8 is a sanity bound
-# only (a broken quantization is off by O(1)); its real figure is the top-1 agreement it reports.
-OPENVINO_RTOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.5}
-
-
-def export_openvino(
-    name: str,
-    output: str | Path | None = None,
-    *,
-    input_size: int | str | tuple[int, int] | None = None,
-    batch: int = 1,
-    dynamic_batch: bool = False,
-    precision: str = "fp32",
-    embed_preprocess: bool = False,
-    calib_images: str | Path | None = None,
-    opset: int | None = None,
-    simplify: bool = True,
-    weights: str | None = None,
-    features_only: bool = False,
-    scan: str = "decomposed",
-    verify: bool = True,
-    atol: float = 0.0,
-    rtol: float = 1e-4,
-    seed: int = 0,
-    model_options: dict[str, Any] | None = None,
-) -> ExportReport:
-    """Verified ONNX -> OpenVINO IR folder (``model.xml``/``.bin``/``manifest.json``) -> parity in OpenVINO f32.
-
-    ``precision`` fp32 | fp16 (weights stored fp16) | int8 (NNCF, calibrated on ``calib_images`` or a
-    synthetic set); ``embed_preprocess`` makes the IR take uint8 NHWC RGB. fp16/int8 are checked against
-    at least their bound in :data:`OPENVINO_RTOL`. The folder appears under its name only once verified.
-    """
-    import dataclasses
-    import tempfile
-
-    from .exporters import openvino as ovx
-
-    options = ovx.OpenVinoExportOptions(precision, embed_preprocess, Path(calib_images) if calib_images else None)
-    options.check()
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgevit-openvino-") as tmpdir:
-        onnx_report = export(name, "onnx", Path(tmpdir) / "model.onnx", input_size=input_size, batch=batch,
-                             dynamic_batch=dynamic_batch, opset=opset, simplify=simplify, weights=weights,
-                             features_only=features_only, verify=verify, atol=atol,
-                             rtol=rtol if precision == "fp32" else OPENVINO_RTOL["fp32"], seed=seed, scan=scan,
-                             model_options=model_options)
-        model = ovx.read_onnx(onnx_report.path)
-    meta = onnx_report.metadata
-    notes: dict[str, object] = {}
-    if precision == "int8":
-        samples, notes["calibration"] = ovx.calibration_set(meta, options)
-        model, notes["kept_in_float"] = ovx.quantize_int8(model, samples)
-    if embed_preprocess:
-        model = ovx.embed_preprocessing(model, meta.mean, meta.std)
-    meta = dataclasses.replace(meta, extra={
-        **meta.extra, "format": "openvino", "precision": precision,
-        "preprocess": ovx.PREPROCESS_U8 if embed_preprocess else "none",
-        **({"calibration": str(notes["calibration"])} if "calibration" in notes else {})})
-    path = Path(output) if output else Path("artifacts") / ovx.ir_dir_name(default_stem(meta), options)
-    if path.suffix.lower() == ".xml":
-        raise EdgevitError(f"an OpenVINO IR is a folder (model.xml, model.bin, manifest.json); pass a folder "
-                           f"as --output, e.g. {path.with_suffix('')}")
-    parity = None
-    with atomic_output_dir(path) as tmp:
-        ovx.save_ir(model, tmp, meta, precision)
-        if verify:
-            bound = rtol if precision == "fp32" else max(rtol, OPENVINO_RTOL[precision])
-            size = meta.input_size
-            reference = runtimes.load(build_model(meta.model, weights, features_only, seed, model_options),
-                                      input_size=size)
-            parity = verify_runner(reference, runtimes.load(tmp, "openvino", precision="f32"),
-                                   DEFAULT_VERIFY_BATCH if dynamic_batch else batch, size, seed=seed,
-                                   atol=atol, rtol=bound)
-            if not parity.passed:
-                raise VerificationError(f"{meta.model} OpenVINO {precision} IR differs from PyTorch beyond "
-                                        f"rtol={bound:g} atol={atol:g} ({parity.summary()}); nothing was written "
-                                        f"to {path}")
-            notes["parity"] = {"runtime": parity.candidate, "rtol": bound, "max_rel": parity.worst_rel,
-                               "top1_agreement": parity.top1_agreement, "batch": parity.batch,
-                               "inputs": "seeded (uint8 synthetic images)" if embed_preprocess
-                               else "seeded standard-normal"}
-        ovx.write_manifest(tmp, meta, model, notes)
-    size_bytes = sum(f.stat().st_size for f in path.iterdir())
+    path, meta, parity = _export_and_verify(fmt, fopts, net, meta, opts, out, reference)
+    size_bytes = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
     return ExportReport(path, meta, time.perf_counter() - t0, size_bytes, parity)
+
+
+def _export_options(options: ExportOptions | None, common: dict[str, Any], fmt: Format) -> ExportOptions:
+    known = {f.name for f in dataclasses.fields(ExportOptions)}
+    unknown = [k for k in common if k not in known]
+    if unknown:
+        raise EdgevitError(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not common export "
+                           f"option(s); {fmt.name}'s own options go in format_options="
+                           f"edgevit.formats.format_options({fmt.name!r}, ...) (it takes {', '.join(fmt.cli_options)})")
+    return dataclasses.replace(options or ExportOptions(), **common)
+
+
+def _file_suffixes() -> set[str]:
+    return {f.artifact for f in FORMATS.values() if f.artifact != FOLDER} | {".xml"}
+
+
+def _export_and_verify(fmt: Format, fopts: Any, net: nn.Module, meta: ArtifactMetadata, opts: ExportOptions,
+                       output: Path | None, reference: Runner | None
+                       ) -> tuple[Path, ArtifactMetadata, ParityReport | None]:
+    """The one export path of every format: its intermediate first (exported and verified the same way,
+    into a temporary folder), then the artifact, verified in the format's runtime before it is moved
+    into place (with its companion files)."""
+    with contextlib.ExitStack() as stack:
+        source: Any = net
+        if fmt.intermediate is not None:
+            inter = get_format(fmt.intermediate)
+            tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"edgevit-{fmt.name}-")))
+            source, meta, _ = _export_and_verify(inter, fopts.onnx, net, meta, opts,
+                                                 tmpdir / inter.default_name("model", fopts.onnx), reference)
+        meta = dataclasses.replace(meta, extra={**meta.extra, **fopts.metadata(), "format": fmt.name,
+                                                "precision": fmt.precision(fopts)})
+        path = output or Path("artifacts") / fmt.default_name(default_stem(meta), fopts)
+        placement = atomic_output_dir if fmt.artifact == FOLDER else atomic_output
+        parity = None
+        with placement(path) as tmp:
+            try:
+                meta = fmt.exporter(source, tmp, fopts, meta)
+                if reference is not None:
+                    parity = _verify_artifact(fmt, fopts, reference, tmp, meta, opts, path)
+                for made, final in zip(fmt.companions(tmp), fmt.companions(path)):
+                    os.replace(made, final)
+            finally:
+                for made in fmt.companions(tmp):
+                    made.unlink(missing_ok=True)
+    return path, meta, parity
+
+
+def _verify_artifact(fmt: Format, fopts: Any, reference: Runner, artifact: Path, meta: ArtifactMetadata,
+                     opts: ExportOptions, final: Path) -> ParityReport:
+    rtol = opts.rtol if opts.rtol is not None else fmt.default_rtol(fopts)
+    candidate = runtimes.load(artifact, fmt.runtime, **fmt.runtime_options)
+    parity = verify_runner(reference, candidate, meta.batch or DEFAULT_VERIFY_BATCH, meta.input_size,
+                           seed=opts.seed, atol=opts.atol, rtol=rtol)
+    if not parity.passed:
+        raise VerificationError(f"{meta.model} {fmt.title} ({fmt.precision(fopts)}) differs from PyTorch beyond "
+                                f"rtol={rtol:g} atol={opts.atol:g} ({parity.summary()}); nothing was written "
+                                f"to {final}")
+    if fmt.record_parity is not None:
+        uint8 = len(candidate.inputs) == 1 and candidate.inputs[0].dtype == "uint8"
+        fmt.record_parity(artifact, {"runtime": parity.candidate, "rtol": rtol, "atol": opts.atol,
+                                     "max_rel": parity.worst_rel, "top1_agreement": parity.top1_agreement,
+                                     "batch": parity.batch, "inputs": "seeded (uint8 synthetic images)" if uint8
+                                     else "seeded standard-normal"})
+    return parity
 
 
 def verify(
@@ -294,7 +256,7 @@ def verify(
     card = get_model_card(model_name)
     size = meta.input_size if meta else card.input_size
     features_only = meta.features_only if meta else False
-    if weights is None and meta is not None and not meta.weights.startswith("random("):
+    if weights is None and meta is not None and not is_generated_weights(meta.weights):
         weights = meta.weights
         if not Path(weights).exists():
             raise ArtifactError(f"{str(path)!r} was exported with weights {weights!r}, which no longer exist; "
@@ -309,126 +271,22 @@ def verify(
     return verify_runner(reference, runner, n, size, seed=seed, atol=atol, rtol=rtol)
 
 
-def cache_dir() -> Path:
-    """Where benchmark artifacts are kept between runs (``EDGEVIT_CACHE`` overrides)."""
-    import os
-
-    return Path(os.environ.get("EDGEVIT_CACHE", Path.home() / ".cache" / "edgevit"))
-
-
 def cached_onnx(name: str, input_size: tuple[int, int], batch: int) -> Path:
-    """A verified ONNX artifact for (model, size, batch), exported once and reused while the edgevit version
-    and the request match its metadata."""
-    from .exporters.onnx import read_metadata
-
-    name = resolve_name(name)
-    path = cache_dir() / f"{artifact_stem(name, input_size, batch, False)}.onnx"
-    if path.exists():
-        meta = read_metadata(path)
-        if (meta is not None and meta.edgevit_version == __version__ and meta.model == name
-                and tuple(meta.input_size) == tuple(input_size) and meta.batch == batch):
-            return path
-    return export(name, "onnx", path, input_size=input_size, batch=batch).path
-
-
-# Parity bound for TensorRT engines: fp32 engines (TF32 off) match like ONNX Runtime; fp16 engines keep
-# normalisation/softmax/scan in fp32 but round activations to a 10-bit mantissa, so 1e-2 of the output range.
-TENSORRT_RTOL = {"fp32": 1e-4, "fp16": 1e-2}
-
-
-def export_tensorrt(
-    name: str,
-    output: str | Path | None = None,
-    *,
-    input_size: int | str | tuple[int, int] | None = None,
-    precision: str = "fp16",
-    min_batch: int = 1,
-    opt_batch: int | None = None,
-    max_batch: int | None = None,
-    workspace_gb: float = 4.0,
-    weights: str | None = None,
-    features_only: bool = False,
-    scan: str = "decomposed",
-    verify: bool = True,
-    rtol: float = 1e-4,
-    seed: int = 0,
-    model_options: dict[str, Any] | None = None,
-) -> ExportReport:
-    """Verified ONNX -> operator-support check -> TensorRT engine (+ manifest) -> parity vs PyTorch.
-
-    UNVERIFIED on the machines edgevit is developed on (no GPU); see README.
-    """
-    import tempfile
-
-    import onnx
-
-    from .exporters.tensorrt import ENGINE_SUFFIX, TensorRTBuildOptions, build_engine, manifest_path
-    from .exporters.tensorrt_ops import tensorrt_problems
-
-    name = resolve_name(name)
-    card = get_model_card(name)
-    size = parse_input_size(input_size, card)
-    max_batch = max_batch or opt_batch or min_batch
-    options = TensorRTBuildOptions(precision, min_batch, opt_batch or max_batch, max_batch, workspace_gb,
-                                   cache_dir() / "tensorrt-timing.cache")
-    batch = None if options.dynamic_batch else min_batch
-    stem = artifact_stem(name, size, batch, features_only) + f"-{precision}"
-    path = Path(output) if output else Path("artifacts") / f"{stem}{ENGINE_SUFFIX}"
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmpdir:
-        onnx_report = export(name, "onnx", Path(tmpdir) / "model.onnx", input_size=size, batch=min_batch,
-                             dynamic_batch=options.dynamic_batch, weights=weights, features_only=features_only,
-                             scan=scan, seed=seed, model_options=model_options)
-        problems = tensorrt_problems(onnx.load(str(onnx_report.path), load_external_data=False))
-        if problems:
-            raise EdgevitError(f"{name} ONNX graph is not TensorRT-compatible: {'; '.join(problems[:5])}")
-        parity = None
-        with atomic_output(path) as tmp:
-            build_engine(onnx_report.path, tmp, options, onnx_report.metadata)
-            tmp_manifest = manifest_path(tmp)
-            try:
-                if verify:
-                    bound = max(rtol, TENSORRT_RTOL[precision])
-                    reference = runtimes.load(build_model(name, weights, features_only, seed, model_options),
-                                              input_size=size)
-                    parity = verify_runner(reference, runtimes.load(tmp, "tensorrt"), options.opt_batch, size,
-                                           seed=seed, rtol=bound)
-                    if not parity.passed:
-                        raise VerificationError(f"{name} TensorRT {precision} engine differs from PyTorch beyond "
-                                                f"rtol={bound:g} ({parity.summary()}); nothing was written")
-                tmp_manifest.replace(manifest_path(path))
-            finally:
-                tmp_manifest.unlink(missing_ok=True)
-    return ExportReport(path, onnx_report.metadata, time.perf_counter() - t0, path.stat().st_size, parity)
+    """A verified ONNX artifact for (model, size, batch) in the benchmark cache (see :func:`cached_artifact`)."""
+    return cached_artifact(name, "onnx", input_size, batch)
 
 
 def cached_artifact(name: str, fmt: str, input_size: tuple[int, int], batch: int,
                     precision: str | None = None) -> Path:
-    """Benchmark artifacts other than ONNX (TensorRT engines, OpenVINO IRs), built once per (model, size,
-    batch, precision)."""
-    if fmt == "onnx":
-        return cached_onnx(name, input_size, batch)
-    if fmt == "tensorrt":
-        from .exporters.tensorrt import ENGINE_SUFFIX, EngineManifest, manifest_path
-
-        prec = precision or "fp16"
-        path = cache_dir() / f"{artifact_stem(resolve_name(name), input_size, batch, False)}-{prec}{ENGINE_SUFFIX}"
-        if path.exists() and manifest_path(path).exists():
-            meta = ArtifactMetadata.from_props(EngineManifest.read(manifest_path(path)).metadata)
-            if meta is not None and meta.edgevit_version == __version__:
-                return path
-        return export_tensorrt(name, path, input_size=input_size, precision=prec, min_batch=batch).path
-    if fmt == "openvino":  # an IR folder per IR precision (fp32/fp16/int8); the runtime precision is separate
-        import json
-
-        from .exporters.openvino import MANIFEST_FILE, OpenVinoExportOptions, ir_dir_name
-
-        prec = precision or "fp32"
-        stem = artifact_stem(resolve_name(name), input_size, batch, False)
-        path = cache_dir() / ir_dir_name(stem, OpenVinoExportOptions(prec))
-        if (path / MANIFEST_FILE).exists():
-            meta = ArtifactMetadata.from_props(json.loads((path / MANIFEST_FILE).read_text()).get("metadata", {}))
-            if meta is not None and meta.edgevit_version == __version__:
-                return path
-        return export_openvino(name, path, input_size=input_size, batch=batch, precision=prec).path
-    raise EdgevitError(f"no cached artifact format {fmt!r}")
+    """A benchmark artifact of format ``fmt`` (at ``precision``; default: the format's), exported and
+    verified once into :func:`cache_dir`, reused while its metadata matches the request and this version."""
+    row = get_format(fmt)
+    fopts = format_options(fmt, **({"precision": precision} if precision else {}))
+    name = resolve_name(name)
+    path = cache_dir() / row.default_name(artifact_stem(name, input_size, batch, False), fopts)
+    meta = row.read_metadata(path) if path.exists() else None
+    if (meta is not None and meta.edgevit_version == __version__ and meta.model == name
+            and tuple(meta.input_size) == tuple(input_size) and meta.batch == batch
+            and meta.extra.get("precision", "fp32") == row.precision(fopts)):
+        return path
+    return export(name, fmt, path, ExportOptions(input_size=input_size, batch=batch), fopts).path

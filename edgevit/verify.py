@@ -3,6 +3,10 @@
 The metric is the one every issue states: max abs error / max |reference| per output (a scale-free
 relative error, robust to near-zero elements that break element-wise rtol), plus mean error and, for
 logits, top-1 agreement. An output passes when ``max_abs <= atol + rtol * max|reference|``.
+
+Structure is checked before values, as optimum's ``validate_model_outputs`` does: outputs are matched by
+name (never by position), then their shapes, then the batch axis the artifact declares against its
+metadata (static or dynamic); every difference is collected into one :class:`OutputMismatchError`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import VerificationError
 from .runtimes.base import Runner
+
+
+class OutputMismatchError(VerificationError, ValueError):
+    """The artifact's outputs differ from PyTorch's in names, shapes or batch axis (every difference listed)."""
 
 
 @dataclass(frozen=True)
@@ -59,24 +68,63 @@ def seeded_inputs(batch: int, input_size: tuple[int, int], seed: int = 0) -> np.
     return np.random.default_rng(seed).standard_normal((batch, 3, *input_size), dtype=np.float32)
 
 
+def structure_problems(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> list[str]:
+    """Output names (by name), then the shapes of the outputs both have."""
+    problems = []
+    missing = [n for n in reference if n not in candidate]
+    extra = [n for n in candidate if n not in reference]
+    if missing:
+        problems.append(f"missing output(s) {', '.join(map(repr, missing))} (the artifact has "
+                        f"{', '.join(map(repr, candidate)) or 'none'})")
+    if extra:
+        problems.append(f"unexpected output(s) {', '.join(map(repr, extra))}")
+    for name, ref in reference.items():
+        if name in candidate and tuple(ref.shape) != tuple(np.shape(candidate[name])):
+            problems.append(f"output {name!r} has shape {tuple(np.shape(candidate[name]))}, PyTorch's "
+                            f"{tuple(ref.shape)}")
+    return problems
+
+
+def batch_axis_problems(candidate: Runner) -> list[str]:
+    """The batch axis every input and output declares must be what the metadata says: dynamic (a named or
+    negative dim) for ``batch=None``, else that static size."""
+    if candidate.metadata is None:
+        return []
+    want = candidate.metadata.batch
+    problems = []
+    for kind, specs in (("input", candidate.inputs), ("output", candidate.outputs)):
+        for spec in specs:
+            if not spec.shape:  # the runtime does not declare this output's shape
+                continue
+            dim = spec.shape[0]
+            dynamic = not isinstance(dim, int) or dim < 0
+            if want is None and not dynamic:
+                problems.append(f"{kind} {spec.name!r} has a fixed batch of {dim}, the metadata says dynamic")
+            elif want is not None and (dynamic or dim != want):
+                problems.append(f"{kind} {spec.name!r} has batch {dim}, the metadata says {want}")
+    return problems
+
+
+def raise_structure_problems(problems: list[str]) -> None:
+    if problems:
+        raise OutputMismatchError(f"artifact outputs do not match PyTorch's: {'; '.join(problems)}")
+
+
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], atol: float,
                     rtol: float) -> ParityReport:
-    if list(reference) != list(candidate):
-        # names may differ (e.g. an older artifact); outputs are compared in order
-        if len(reference) != len(candidate):
-            raise ValueError(f"output count differs: reference {list(reference)}, artifact {list(candidate)}")
+    """Structure first (:class:`OutputMismatchError` lists every difference), then the scale-free value check
+    of every output, matched by name."""
+    raise_structure_problems(structure_problems(reference, candidate))
     results = []
-    for (name, ref), cand in zip(reference.items(), candidate.values()):
-        ref64, cand64 = ref.astype(np.float64), np.asarray(cand).astype(np.float64)
-        if ref64.shape != cand64.shape:
-            raise ValueError(f"output {name!r}: reference shape {ref64.shape} vs artifact shape {cand64.shape}")
+    for name, ref in reference.items():
+        ref64, cand64 = ref.astype(np.float64), np.asarray(candidate[name]).astype(np.float64)
         diff = np.abs(ref64 - cand64)
         results.append(OutputParity(name, float(diff.max()), float(np.abs(ref64).max()), float(diff.mean())))
     top1 = None
     if len(reference) == 1:
         ref = next(iter(reference.values()))
         if ref.ndim == 2:
-            cand = np.asarray(next(iter(candidate.values())))
+            cand = np.asarray(candidate[next(iter(reference))])
             top1 = float((ref.argmax(1) == cand.argmax(1)).mean())
     return ParityReport(results, atol, rtol, top1)
 
@@ -96,6 +144,9 @@ def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: 
             raise ValueError("a uint8-input artifact needs its edgevit metadata (mean/std) to be verified")
         feed = synthetic_images(batch, input_size, seed)
         x = to_tensor(feed, candidate.metadata.mean, candidate.metadata.std)
-    report = compare_outputs(reference.run(x), candidate.run(feed), atol, rtol)
+    declared = batch_axis_problems(candidate)
+    ref_out, cand_out = reference.run(x), candidate.run(feed)
+    raise_structure_problems(declared + structure_problems(ref_out, cand_out))
+    report = compare_outputs(ref_out, cand_out, atol, rtol)
     return ParityReport(report.outputs, atol, rtol, report.top1_agreement, batch,
                         f"{candidate.info.backend} ({candidate.info.precision})", dict(candidate.info.details))

@@ -3,6 +3,7 @@ once per test session (an export is the slow part; several test files read the s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 import edgevit
 from edgevit import pipeline
+from edgevit.formats import format_options
 from edgevit.models import get_model_card
 
 _EXPORTS: dict[tuple, Path] = {}
@@ -39,6 +41,8 @@ def exported_ir(factory: pytest.TempPathFactory, name: str, **options: object) -
     key = (name, tuple(sorted(options.items())))
     if key not in _EXPORTS:
         out = factory.mktemp("openvino") / "ir"
-        pipeline.export(name, "openvino", out, **options)  # type: ignore[arg-type]
+        common = {k: v for k, v in options.items() if k in {f.name for f in dataclasses.fields(pipeline.ExportOptions)}}
+        own = format_options("openvino", **{k: v for k, v in options.items() if k not in common})
+        pipeline.export(name, "openvino", out, format_options=own, **common)
         _EXPORTS[key] = out
     return _EXPORTS[key]

@@ -97,7 +97,9 @@ def test_model_options_are_recorded_and_replayed_by_verify(tmp_path: Path) -> No
     assert runner.outputs[0].shape[-1] == 10
     assert invoke("verify", "s2aformer-mini", str(out)).exit_code == 0  # rebuilt with the same options
     res = invoke("export", "s2aformer-mini", "--option", "colour=blue")
-    assert res.exit_code == 2 and "does not take model option(s) colour" in res.stderr
+    assert res.exit_code == 2 and "does not take model option 'colour'; it takes num_classes (int)" in res.stderr
+    res = invoke("export", "mat-1", "--option", "sampler=nearest")  # was a traceback from the constructor
+    assert res.exit_code == 2 and "sampler takes one of grid_sample, manual" in res.stderr
     res = invoke("export", "s2aformer-mini", "--option", "novalue")
     assert res.exit_code == 2 and "is not KEY=VALUE" in res.stderr
 

@@ -81,6 +81,19 @@ def test_png_decoder_matches_a_reference_encoder(tmp_path: Path, color: int, cha
     assert np.array_equal(read_image(path), expected)
 
 
+def test_16_bit_png_is_refused_not_clipped(tmp_path: Path) -> None:
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 16, 0, 0, 0, 0)  # 1x1 grey, 16 bits per sample
+    raw = zlib.compress(bytes([0, 0x12, 0x34]))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    (tmp_path / "g16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw)
+                                       + chunk(b"IEND", b""))
+    with pytest.raises(EdgevitError, match="16-bit"):
+        read_image(tmp_path / "g16.png")
+
+
 def test_unsupported_files_are_user_errors(tmp_path: Path) -> None:
     (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     with pytest.raises(EdgevitError):

@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
 
-from edgevit.verify import compare_outputs, seeded_inputs
+from edgevit.artifact import ArtifactMetadata
+from edgevit.errors import VerificationError
+from edgevit.runtimes.base import Runner, RunnerInfo, TensorSpec
+from edgevit.verify import OutputMismatchError, batch_axis_problems, compare_outputs, seeded_inputs
 
 
 def test_relative_metric_uses_global_scale() -> None:
@@ -28,3 +31,43 @@ def test_seeded_inputs_are_reproducible() -> None:
     a, b = seeded_inputs(2, (8, 8), seed=3), seeded_inputs(2, (8, 8), seed=3)
     assert a.dtype == np.float32 and a.shape == (2, 3, 8, 8) and np.array_equal(a, b)
     assert not np.array_equal(a, seeded_inputs(2, (8, 8), seed=4))
+
+
+def test_outputs_are_matched_by_name_not_position() -> None:
+    a, b = np.ones((1, 4), np.float32), np.full((1, 4), 5.0, np.float32)
+    report = compare_outputs({"stage1": a, "stage2": b}, {"stage2": b, "stage1": a}, 0.0, 1e-4)
+    assert report.passed and [o.name for o in report.outputs] == ["stage1", "stage2"]
+
+
+def test_every_structural_difference_is_reported_at_once() -> None:
+    ref = {"stage1": np.zeros((2, 8, 4, 4), np.float32), "stage2": np.zeros((2, 16, 2, 2), np.float32),
+           "stage3": np.zeros((2, 32, 1, 1), np.float32)}
+    cand = {"stage1": np.zeros((2, 8, 4, 4), np.float32), "stage2": np.zeros((2, 16, 2, 3), np.float32),
+            "extra": np.zeros(1, np.float32)}
+    with pytest.raises(OutputMismatchError) as info:
+        compare_outputs(ref, cand, 0.0, 1e-4)
+    message = str(info.value)
+    assert "missing output(s) 'stage3'" in message and "unexpected output(s) 'extra'" in message
+    assert "output 'stage2' has shape (2, 16, 2, 3), PyTorch's (2, 16, 2, 2)" in message
+    assert isinstance(info.value, VerificationError)  # the CLI exits 1, as for a value mismatch
+
+
+class _Declared(Runner):
+    """A runner that only declares shapes (the batch-axis check needs no inference)."""
+
+    def __init__(self, batch: int | None, input_dim: int | str, output_dim: int | str) -> None:
+        self.inputs = [TensorSpec("input", (input_dim, 3, 8, 8))]
+        self.outputs = [TensorSpec("logits", (output_dim, 10))]
+        self.metadata = ArtifactMetadata("s2aformer-mini", (8, 8), (0.5,) * 3, (0.5,) * 3, batch)
+        self.info = RunnerInfo("fake")
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise AssertionError("not run")
+
+
+def test_declared_batch_axis_must_match_the_metadata() -> None:
+    assert batch_axis_problems(_Declared(None, "batch", -1)) == []  # TensorRT declares dynamic dims as -1
+    assert batch_axis_problems(_Declared(2, 2, 2)) == []
+    assert batch_axis_problems(_Declared(None, 1, "batch")) == [
+        "input 'input' has a fixed batch of 1, the metadata says dynamic"]
+    assert batch_axis_problems(_Declared(2, 2, "batch")) == ["output 'logits' has batch batch, the metadata says 2"]

@@ -17,10 +17,15 @@ from torch import nn
 
 from ..artifact import ArtifactMetadata
 from ..errors import EdgevitError
+from .onnx_scan import DOMAIN as SCAN_DOMAIN
+from .onnx_scan import NODE_NAME as SCAN_NODE
 from .onnx_scan import attach_scan_functions, check_scan_mode, scan_export_mode, translation_table
 from .transforms import fold_batchnorm
 
 DEFAULT_OPSET = 18
+# The torch.export-based exporter writes opset 18 natively and converts up to the newest opset it knows;
+# below 18 it needs the legacy version converter, which fails on edgevit's graphs.
+OPSETS = range(18, 24)
 INPUT_NAME = "input"
 
 
@@ -32,6 +37,43 @@ class OnnxExportOptions:
     opset: int = DEFAULT_OPSET
     simplify: bool = True
     scan: str = "decomposed"  # selective scan as standard ops, or one custom node (see onnx_scan)
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """What a user can choose about an ONNX artifact (a row of :mod:`edgevit.formats`); formats built from
+    an ONNX intermediate (OpenVINO, TensorRT) carry one of these for it. Invalid values fail here, before
+    any model is built."""
+
+    opset: int = DEFAULT_OPSET
+    simplify: bool = True  # onnxslim constant folding and fusion
+    scan: str = "decomposed"  # selective scan as standard ops, or one custom node (see onnx_scan)
+
+    def __post_init__(self) -> None:
+        if self.opset not in OPSETS:
+            raise EdgevitError(f"ONNX opset {self.opset} is not supported; choose {OPSETS[0]}..{OPSETS[-1]}")
+        check_scan_mode(self.scan)
+
+    def metadata(self) -> dict[str, str]:
+        return {"scan": self.scan}
+
+    def check(self, batch: int | None) -> None:
+        """Every batch (static or dynamic) is exportable; nothing to check against the common options."""
+
+
+def export_artifact(model: nn.Module, path: Path, options: OnnxOptions, metadata: ArtifactMetadata) -> ArtifactMetadata:
+    """The ONNX row's exporter: ``model`` -> ``path`` for ``metadata``'s input size and batch (None: dynamic).
+
+    ``--scan custom`` on a model without selective scans would change nothing, so it is refused.
+    """
+    export_onnx(model, path, OnnxExportOptions(metadata.input_size, metadata.batch or 1, metadata.batch is None,
+                                               options.opset, options.simplify, options.scan), metadata)
+    if options.scan != "decomposed":
+        proto = onnx.load(str(path), load_external_data=False)
+        if not any((node.domain, node.op_type) == (SCAN_DOMAIN, SCAN_NODE) for node in proto.graph.node):
+            raise EdgevitError(f"{metadata.model} has no selective scans, so --scan {options.scan} changes nothing; "
+                               "drop --scan (it applies to A2Mamba)")
+    return metadata
 
 
 def quiet_exporter() -> None:
@@ -54,28 +96,23 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
     dynamic_shapes = None
     if options.dynamic_batch:
         dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=FutureWarning)
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            with scan_export_mode(options.scan):
-                program = torch.onnx.export(
-                    model,
-                    (example,),
-                    dynamo=True,
-                    input_names=[INPUT_NAME],
-                    output_names=output_names,
-                    opset_version=options.opset,
-                    dynamic_shapes=dynamic_shapes,
-                    optimize=True,
-                    verbose=False,
-                    custom_translation_table=translation_table(options.scan),
-                )
-    except Exception as exc:
-        if isinstance(exc, EdgevitError):
-            raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EdgevitError(f"ONNX export failed at opset {options.opset}: {first}") from exc
+    # An exporter crash here is a bug in edgevit or torch, not a user error: it keeps its traceback.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        with scan_export_mode(options.scan):
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=output_names,
+                opset_version=options.opset,
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                verbose=False,
+                custom_translation_table=translation_table(options.scan),
+            )
     proto = attach_scan_functions(program.model_proto)
     if options.simplify:
         proto = _simplify(proto)

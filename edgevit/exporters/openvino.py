@@ -24,7 +24,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import onnx
 from ..artifact import PREFIX, ArtifactMetadata
 from ..errors import BackendUnavailableError, EdgevitError
 from ..images import fit_to, image_files, read_image, synthetic_images, to_tensor
+from .onnx import OnnxOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 IR_FILE = "model.xml"
@@ -56,19 +57,31 @@ _SEARCH_HOPS = 8
 
 @dataclass(frozen=True)
 class OpenVinoExportOptions:
+    """What a user can choose about an OpenVINO IR (a row of :mod:`edgevit.formats`); ``onnx`` are the
+    options of the ONNX intermediate the IR is converted from."""
+
     precision: str = "fp32"
     embed_preprocess: bool = False
     calib_images: Path | None = None  # a folder of images; None: deterministic synthetic calibration set
     calib_count: int = DEFAULT_CALIB_COUNT  # size of the synthetic set
     calib_seed: int = 0
+    onnx: OnnxOptions = field(default_factory=OnnxOptions)
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise EdgevitError(f"unknown OpenVINO precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.calib_images is not None and self.precision != "int8":
             raise EdgevitError("--calib-images only applies to --precision int8")
+        if self.calib_images is not None:
+            image_files(self.calib_images)  # a missing or empty folder fails now, not after the export
         if self.calib_count < 1:
             raise EdgevitError(f"the calibration set needs at least one image, got {self.calib_count}")
+
+    def metadata(self) -> dict[str, str]:
+        return {"preprocess": PREPROCESS_U8 if self.embed_preprocess else "none"}
+
+    def check(self, batch: int | None) -> None:
+        """Any batch converts; nothing to check against the common options."""
 
 
 def ir_dir_name(stem: str, options: OpenVinoExportOptions) -> str:
@@ -82,6 +95,11 @@ def _ov() -> Any:
     except ImportError as exc:
         raise BackendUnavailableError("OpenVINO export needs the 'openvino' package: pip install openvino") from exc
     return openvino
+
+
+def check_available() -> None:
+    """The openvino package, checked before the ONNX intermediate is exported."""
+    _ov()
 
 
 def read_onnx(path: str | Path) -> Any:
@@ -236,6 +254,39 @@ def save_ir(model: Any, directory: Path, meta: ArtifactMetadata, precision: str)
     xml = directory / IR_FILE
     ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
     return xml
+
+
+def export_artifact(source: Path, directory: Path, options: OpenVinoExportOptions,
+                    meta: ArtifactMetadata) -> ArtifactMetadata:
+    """The OpenVINO row's exporter: the ONNX intermediate ``source`` -> an IR folder ``directory`` (IR,
+    rt_info metadata and ``manifest.json``); int8 quantizes and records where its calibration came from."""
+    model = read_onnx(source)
+    notes: dict[str, Any] = {}
+    if options.precision == "int8":
+        samples, notes["calibration"] = calibration_set(meta, options)
+        model, notes["kept_in_float"] = quantize_int8(model, samples)
+        meta = replace(meta, extra={**meta.extra, "calibration": notes["calibration"]})
+    if options.embed_preprocess:
+        model = embed_preprocessing(model, meta.mean, meta.std)
+    save_ir(model, directory, meta, options.precision)
+    write_manifest(directory, meta, model, notes)
+    return meta
+
+
+def record_parity(directory: Path, parity: dict[str, Any]) -> None:
+    """Add the verification result to ``manifest.json`` (the manifest is written before verification)."""
+    path = directory / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["parity"] = parity
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_artifact_metadata(directory: Path) -> ArtifactMetadata | None:
+    """Edgevit metadata of an IR folder from its manifest (without OpenVINO)."""
+    path = directory / MANIFEST_FILE
+    if not path.exists():
+        return None
+    return ArtifactMetadata.from_props(json.loads(path.read_text()).get("metadata", {}))
 
 
 def write_manifest(directory: Path, meta: ArtifactMetadata, model: Any, extra: dict[str, Any]) -> Path:

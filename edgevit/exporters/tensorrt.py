@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..artifact import ArtifactMetadata
+from ..cache import cache_dir
 from ..errors import BackendUnavailableError, EdgevitError
+from .onnx import OnnxOptions
 
 ENGINE_SUFFIX = ".engine"
 MANIFEST_SUFFIX = ".json"
@@ -22,6 +24,49 @@ MANIFEST_SUFFIX = ".json"
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE", "CUMULATIVE")
 FP32_UNARY_OPS = ("EXP", "LOG", "SQRT")
 FP32_NAME_HINTS = ("scan", "selective", "norm", "softmax")
+
+
+PRECISIONS = ("fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """What a user can choose about a TensorRT engine (a row of :mod:`edgevit.formats`); ``onnx`` are the
+    options of the ONNX intermediate the engine is parsed from.
+
+    The batch comes from the common options: a static ``batch`` builds a fixed-shape engine; a dynamic
+    batch builds the optimisation profile 1 .. ``max_batch``, tuned for ``opt_batch`` (default ``max_batch``).
+    """
+
+    precision: str = "fp16"
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    workspace: float = 4.0  # builder workspace in GB
+    onnx: OnnxOptions = field(default_factory=OnnxOptions)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise EdgevitError(f"TensorRT precision must be fp32 or fp16, got {self.precision!r}")
+        if self.workspace <= 0:
+            raise EdgevitError(f"--workspace is in GB and must be positive, got {self.workspace:g}")
+
+    def metadata(self) -> dict[str, str]:
+        return {}
+
+    def profile(self, batch: int | None) -> TensorRTBuildOptions:
+        """The builder options for a static ``batch`` or a dynamic one (None)."""
+        if batch is not None:
+            if self.opt_batch is not None or self.max_batch is not None:
+                raise EdgevitError("--opt-batch and --max-batch shape a dynamic-batch engine; add --dynamic-batch")
+            return TensorRTBuildOptions(self.precision, batch, batch, batch, self.workspace,
+                                        cache_dir() / "tensorrt-timing.cache")
+        if self.max_batch is None or self.max_batch < 2:
+            raise EdgevitError("a dynamic-batch TensorRT engine needs --max-batch of at least 2 (its largest batch)")
+        return TensorRTBuildOptions(self.precision, 1, self.opt_batch or self.max_batch, self.max_batch,
+                                    self.workspace, cache_dir() / "tensorrt-timing.cache")
+
+    def check(self, batch: int | None) -> None:
+        self.profile(batch)
 
 
 @dataclass(frozen=True)
@@ -34,7 +79,7 @@ class TensorRTBuildOptions:
     timing_cache: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "fp16"):
+        if self.precision not in PRECISIONS:
             raise EdgevitError(f"TensorRT precision must be fp32 or fp16, got {self.precision!r}")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise EdgevitError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch, got "
@@ -86,6 +131,37 @@ def compatibility_problem(manifest: EngineManifest, tensorrt_version: str, gpu: 
         return (f"engine was built for {manifest.gpu} (sm_{manifest.compute_capability.replace('.', '')}), this GPU "
                 f"is {gpu} (sm_{compute_capability.replace('.', '')}); rebuild it on this GPU")
     return None
+
+
+def export_artifact(source: Path, engine_path: Path, options: TensorRTOptions,
+                    meta: ArtifactMetadata) -> ArtifactMetadata:
+    """The TensorRT row's exporter: the ONNX intermediate ``source`` -> operator-support check -> engine at
+    ``engine_path`` with its manifest beside it (:func:`companions`)."""
+    import onnx
+
+    from .tensorrt_ops import tensorrt_problems
+
+    problems = tensorrt_problems(onnx.load(str(source), load_external_data=False))
+    if problems:
+        raise EdgevitError(f"{meta.model} ONNX graph is not TensorRT-compatible: {'; '.join(problems[:5])}")
+    build_engine(source, engine_path, options.profile(meta.batch), meta)
+    return meta
+
+
+def companions(engine: Path) -> list[Path]:
+    """Files that belong to an engine and move with it: its manifest."""
+    return [manifest_path(engine)]
+
+
+def read_artifact_metadata(engine: Path) -> ArtifactMetadata | None:
+    path = manifest_path(engine)
+    return ArtifactMetadata.from_props(EngineManifest.read(path).metadata) if path.exists() else None
+
+
+def check_available() -> None:
+    """TensorRT and a GPU, checked before the ONNX intermediate is exported."""
+    _tensorrt()
+    gpu_identity()
 
 
 def _tensorrt():  # noqa: ANN202

@@ -39,7 +39,7 @@ from .ops.constants import constant_tables, table_builder, tracing
 from .ops.neighborhood_attention import NAPlan, na_av, na_plan, na_qk
 from .ops.selective_scan import selective_scan
 from .paper import throughput_for
-from .registry import ModelCard, ReportedFigures, register_model
+from .registry import NUM_CLASSES, ModelCard, ModelOption, ReportedFigures, register_model
 
 PAPER = "A2Mamba: Attention-augmented State Space Models for Visual Recognition (Lou, Fu, Yu, 2025)"
 PAPER_URL = "https://arxiv.org/abs/2507.16624"
@@ -468,6 +468,9 @@ def _register() -> None:
                   f"Eval: bicubic resize, crop_pct {v.crop_pct}, ImageNet mean/std. Any input >= 64 px runs "
                   f"(official NATTEN needs >= 193 px; smaller maps use edgevit's masked-window extension)."
                   + _VARIANT_NOTES.get(v.name, ""),
+            options=(NUM_CLASSES,
+                     ModelOption("kernel_sizes", "ints", "neighbourhood-attention kernel per stage",
+                                 minimum=1, length=4)),
         )
 
         def build(v: _Variant = v, **kw) -> A2Mamba:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from .layers import Backbone, ConvBN, ConvMlp, LayerNorm2d, SqueezeExcite
 from .paper import throughput_for
-from .registry import ModelCard, ReportedFigures, register_model
+from .registry import NUM_CLASSES, ModelCard, ModelOption, ReportedFigures, register_model
 
 PAPER = "Dual Path Transformer with Partition Attention (Jiang et al., arXiv 2305.14768)"
 PAPER_URL = "https://arxiv.org/abs/2305.14768"
@@ -297,6 +297,8 @@ def _register() -> None:
                 source="Table 1/2 (params, GFLOPs=MACs, top-1), Table 6 (img/s, XS)",
             ),
             notes=_NOTES.format(ratios=v.ffn_ratios, extra=_EXTRA.get(v.name, "")),
+            options=(NUM_CLASSES,
+                     ModelOption("ffn_ratios", "ints", "FFN expansion per stage", minimum=1, length=4)),
         )
 
         def build(v: _Variant = v, ffn_ratios: tuple[int, ...] | None = None, **kw) -> DualFormer:

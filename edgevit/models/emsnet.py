@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import Backbone, ConvBN, ConvMlp
-from .registry import ModelCard, ReportedFigures, register_model
+from .registry import NUM_CLASSES, ModelCard, ModelOption, ReportedFigures, register_model
 
 PAPER = ("Efficient Vision Transformers with Multi-Scale and Partial Attentions for Object Recognition "
          "(Xuan-Thuy Vo, doctoral dissertation, University of Ulsan, 2023), Chapter 3")
@@ -442,6 +442,9 @@ def _register() -> None:
                        "3.5/3.7/3.9), Table 3.2 (top-1, 224), Tables 3.6/3.8/3.9 (latency ms)",
             ),
             notes=f"{v.notes} {_COMMON_NOTES}",
+            options=(NUM_CLASSES,
+                     ModelOption("mixer", "str", "token mixer (identity: the ablation)",
+                                 choices=("msi", "identity"))),
         )
 
         def build(v: _Variant = v, **kw) -> EMSNet:

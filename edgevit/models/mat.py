@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .layers import Backbone, ConvBN
 from .paper import throughput_for
-from .registry import ModelCard, ReportedFigures, register_model
+from .registry import NUM_CLASSES, ModelCard, ModelOption, ReportedFigures, register_model
 
 PAPER = ("Efficient Vision Transformers with Multi-Scale and Partial Attentions for Object Recognition "
          "(Xuan-Thuy Vo, PhD dissertation, University of Ulsan 2023), chapter 4: MAT Transformer")
@@ -419,6 +419,9 @@ def _register() -> None:
                   "that is a multiple of 32 works; sizes whose stride-16/32 maps are not multiples of 7 "
                   "are zero-padded per window (extra compute). Bilinear PE uses ONNX GridSample (opset >= "
                   "16); build with sampler='manual' for runtimes without it.",
+            options=(NUM_CLASSES,
+                     ModelOption("sampler", "str", "Bilinear PE sampling: ONNX GridSample, or manual gathers "
+                                 "for runtimes without it", choices=("grid_sample", "manual"))),
         )
 
         def build(v: _Variant = v, **kw) -> MAT:

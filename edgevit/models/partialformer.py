@@ -12,8 +12,9 @@ pseudo-code:
 * **Static token count.** N_F = min(max_foreground, N // 4) is computed in Python from the (static)
   input size (A5, hazard H5), so TopK has a constant K and every gathered tensor has a static shape;
   the graph has no NonZero, Loop or data-dependent shape.
-* **Runtime-independent tie-breaking.** Which tokens win when context scores tie is *defined*: among
-  equal scores the lower token index wins (the order of a stable descending sort). ``torch.topk``
+* **Runtime-independent tie-breaking.** The score lives on a grid of ``SCORE_GRID`` (see
+  :func:`context_score`), so mathematically equal scores are equal numbers in every runtime and on every
+  CPU. Which tokens win when scores tie is *defined*: among equal scores the lower token index wins (the order of a stable descending sort). ``torch.topk``
   makes no promise about ties, so its indices are never used directly. :func:`select_foreground`
   takes only the K-th largest *value* from TopK (a value is the same in every runtime), breaks ties at
   that value by token order with a cumulative sum, and extracts the chosen indices with a second TopK
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 
 from ..errors import InputShapeError
 from .layers import Backbone, LayerNorm2d
-from .registry import ModelCard, ReportedFigures, register_model
+from .registry import NUM_CLASSES, ModelCard, ModelOption, ReportedFigures, register_model
 
 PAPER = ("Efficient Vision Transformers with Multi-Scale and Partial Attentions for Object Recognition "
          "(X.-T. Vo, doctoral dissertation, University of Ulsan, 2023), chapter 5; published as "
@@ -47,15 +48,27 @@ PAPER_URL = "https://ecva.net/papers/eccv_2024/papers_ECCV/html/11047_ECCV_2024_
 MAX_FOREGROUND = (49, 49, 49, 49)  # A5: N_F = min(49, N // 4) in every stage
 HEAD_HIDDEN = 1280  # A12
 MASK_BIAS = -1e4  # H3: exp underflows to exactly 0 in fp32 and fp16, never NaN
+# Context scores are compared on this grid (see context_score): coarse enough that kernel summation-order
+# noise (~1e-6 absolute on scores of size 0.1-1) almost never crosses a grid line, fine enough that
+# tokens whose scores differ by more than ~1e-3 are still ranked by score.
+SCORE_GRID = 2.0**-10
 
 
 def context_score(tokens: Tensor) -> Tensor:
-    """Per-token context score: channel mean of the pre-norm tokens (A4), always in fp32.
+    """Per-token context score: channel mean of the pre-norm tokens (A4), in fp32, on a grid of SCORE_GRID.
 
     (B, N, d) -> (B, N). The cast comes *before* the mean so a half-precision model still accumulates
     the score in fp32 (hazard H4); for a fp32 model it is a no-op the exporter drops.
+
+    The grid makes ties exact by construction: tokens that are equal in exact arithmetic (a constant
+    image region, padding) come out of GEMM kernels with ulp-level differences that depend on the CPU,
+    the runtime and the row's position in the tile, so an unquantised score would break their tie
+    differently on every machine. ``floor(mean / SCORE_GRID)`` maps all of them to one integer (unless
+    their ~1e-6 spread straddles a grid line, a chance of ~1e-3 per tie), and the tie rule of
+    :func:`select_foreground` then decides identically everywhere. Scaling by a power of two and Floor
+    are exact in every runtime, so the quantised score is a deterministic function of the fp32 mean.
     """
-    return tokens.float().mean(dim=-1)
+    return torch.floor(tokens.float().mean(dim=-1) * (1.0 / SCORE_GRID))
 
 
 def num_foreground(num_tokens: int, max_foreground: int) -> int:
@@ -316,8 +329,10 @@ _NOTES = (
     "HeadMLP e=4, SQA ChannelMLP r=8, shared W_O on all tokens and the 1280-wide head are fitted "
     "assumptions A1-A13); state_dict keys are edgevit's own. Reported GFLOPs are multiply-accumulates "
     "(conv + linear + attention matmuls). Chapter 5 reports no latency or throughput. "
-    "Token selection: N_F is fixed by the input size (one artifact per resolution, no dynamic H/W); ties "
-    "in the context score go to the lower token index in every runtime (TopK yields only the k-th value; "
+    "Token selection: N_F is fixed by the input size (one artifact per resolution, no dynamic H/W); the "
+    "context score is floor(channel mean / 2^-10), so tokens equal in exact arithmetic (constant regions) "
+    "tie exactly whatever kernel computed them (unless their ~1e-6 spread straddles a grid line, ~1e-3 "
+    "of such ties); ties go to the lower token index in every runtime (TopK yields only the k-th value; "
     "indices come from a tie-free key). Precision: the score and TopK run in fp32 in the exported graph, "
     "but in bf16/fp16 runtimes (OpenVINO CPU defaults to bf16 on AMX/AVX512-BF16, TensorRT FP16) the "
     "tokens feeding the score are computed in low precision, so near-tied tokens can swap between "
@@ -343,6 +358,9 @@ def _register() -> None:
                 source="Dissertation Table 5.1 (params, GFLOPs as MACs), Tables 5.2/5.3 (top-1, 224, 300 ep)",
             ),
             notes=_NOTES,
+            options=(NUM_CLASSES,
+                     ModelOption("max_foreground", "ints", "foreground tokens per stage", minimum=1, length=4),
+                     ModelOption("mlp_ratio", "int", "MLP expansion", minimum=1)),
         )
 
         def build(v: _Variant = v, **kw) -> PartialFormer:

@@ -14,7 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UnknownModelError
+from ..errors import EdgevitError, UnknownModelError
+
+
+class ModelOptionError(EdgevitError, ValueError):
+    """A ``--option`` the model family does not declare, or a value it does not allow."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,6 +44,48 @@ class ReportedFigures:
 
 
 @dataclass(frozen=True)
+class ModelOption:
+    """A constructor option a family lets users set (``edgevit export MODEL --option name=value``).
+
+    ``kind`` is ``"int"``, ``"bool"``, ``"str"`` or ``"ints"`` (a tuple of ``length`` ints, one per stage);
+    ``choices`` lists the allowed strings; ``minimum`` bounds ints. Declared on the card so a bad value is
+    refused, with what is allowed, before the model is built.
+    """
+
+    name: str
+    kind: str
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    length: int | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed, or None."""
+        if self.kind == "bool":
+            return None if isinstance(value, bool) else "takes True or False"
+        if self.kind == "str":
+            if not isinstance(value, str):
+                return f"takes one of {', '.join(self.choices)}"
+            return None if not self.choices or value in self.choices else f"takes one of {', '.join(self.choices)}"
+        values = value if self.kind == "ints" else (value,)
+        if self.kind == "ints" and not (isinstance(value, (tuple, list)) and len(value) == self.length):
+            return f"takes {self.length} integers, e.g. {self.name}=({', '.join(['4'] * (self.length or 1))})"
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return "takes integers"
+        if self.minimum is not None and min(values) < self.minimum:
+            return f"takes integers of at least {self.minimum}"
+        return None
+
+    def describe(self) -> str:
+        allowed = ("|".join(self.choices) if self.choices else
+                   f"{self.length} ints" if self.kind == "ints" else self.kind)
+        return f"{self.name} ({allowed})"
+
+
+NUM_CLASSES = ModelOption("num_classes", "int", "classifier outputs (a checkpoint's head must match)", minimum=1)
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything a deployer needs to know about a variant before building it."""
 
@@ -57,9 +103,21 @@ class ModelCard:
     num_classes: int = 1000
     reported: ReportedFigures = field(default_factory=ReportedFigures)
     notes: str = ""
+    options: tuple[ModelOption, ...] = (NUM_CLASSES,)  # constructor options users may set
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse an option the family does not declare, or a value it does not allow, naming what it takes."""
+        declared = {o.name: o for o in self.options}
+        takes = ", ".join(o.describe() for o in self.options)
+        for key, value in options.items():
+            if key not in declared:
+                raise ModelOptionError(f"{self.name} does not take model option {key!r}; it takes {takes}")
+            problem = declared[key].problem(value)
+            if problem:
+                raise ModelOptionError(f"model option {key}={value!r} of {self.name}: {key} {problem}")
 
 
 @dataclass(frozen=True)
@@ -116,12 +174,13 @@ def create_model(
 ) -> nn.Module:
     """Build a registered model in eval mode.
 
-    Random weights are drawn from a fixed ``seed`` so that a model exported without a checkpoint can be
-    rebuilt bit-identically later (``edgevit verify`` relies on this). ``weights`` loads a local
-    checkpoint; ``features_only`` returns the four stage feature maps (strides 4/8/16/32) instead of
+    Without ``weights`` the model gets the reference weights of :mod:`edgevit.models.init` for ``seed``
+    (every path carries signal, so verification can see a wrong graph), rebuilt identically later
+    (``edgevit verify`` relies on this). ``weights`` loads a local checkpoint instead; ``features_only`` returns the four stage feature maps (strides 4/8/16/32) instead of
     logits and drops the classifier.
     """
     entry = _REGISTRY[resolve_name(name)]
+    entry.card.check_options(overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = entry.builder(features_only=features_only, **overrides)
@@ -130,4 +189,8 @@ def create_model(
         from .checkpoint import load_checkpoint
 
         load_checkpoint(model, weights)
+    else:
+        from .init import reference_init
+
+        reference_init(model, seed)
     return model.eval()

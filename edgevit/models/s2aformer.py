@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .layers import Backbone, ConvBN, ConvMlp, LayerNorm2d, SqueezeExcite
 from .paper import throughput_for
-from .registry import ModelCard, ReportedFigures, register_model
+from .registry import NUM_CLASSES, ModelCard, ModelOption, ReportedFigures, register_model
 
 PAPER = "S2AFormer: Strip Self-Attention for Efficient Vision Transformer (Xu et al., IEEE TIP 2025)"
 PAPER_URL = "https://arxiv.org/abs/2505.22195"
@@ -182,6 +182,8 @@ def _register() -> None:
             ),
             notes="No official code or checkpoints; architecture reconstructed per shared/specs/s2aformer.md "
                   "(stem, heads, SR ratios, LIM/MLP internals and the 2048-wide head are fitted assumptions).",
+            options=(NUM_CLASSES,
+                     ModelOption("mlp_dw", "bool", "depth-wise conv inside the MLP (an ablation)")),
         )
 
         def build(v: _Variant = v, **kw) -> S2AFormer:

@@ -19,7 +19,8 @@ from ..artifact import ArtifactMetadata
 from ..errors import ArtifactError, EdgevitError
 from .base import Runner, RunnerInfo, TensorSpec
 
-# accepted spellings -> OpenVINO's INFERENCE_PRECISION_HINT values
+# edgevit's precision names (fp32/fp16/bf16, as everywhere in edgevit) and OpenVINO's own spellings (aliases)
+# -> OpenVINO's INFERENCE_PRECISION_HINT values
 # "default" leaves the hint unset: the device then picks (bf16 on AMX/AVX512-BF16 CPUs) and the runner
 # reports what it picked, so benchmarks can show what users get out of the box.
 _HINTS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16", "default": None}
@@ -28,18 +29,18 @@ _LABELS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
 class OpenVinoRunner(Runner):
-    """``runtimes.load(path, "openvino", threads=N, precision="f32"|"bf16"|"f16"|"default", streams=N)``.
+    """``runtimes.load(path, "openvino", threads=N, precision="fp32"|"bf16"|"fp16"|"default", streams=N)``.
 
     ``threads`` is INFERENCE_NUM_THREADS, ``streams`` NUM_STREAMS (parallel infer requests; :meth:`run`
     uses one synchronous request, so more than one stream only helps callers that run concurrently).
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, precision: str = "f32",
+    def __init__(self, path: str | Path, *, threads: int | None = None, precision: str = "fp32",
                  streams: int | None = None, device: str = "CPU") -> None:
         import openvino as ov
 
         if precision not in _HINTS:
-            raise EdgevitError(f"unknown OpenVINO precision {precision!r}; choose f32, bf16, f16 or default")
+            raise EdgevitError(f"unknown OpenVINO precision {precision!r}; choose fp32, fp16, bf16 or default")
         core = ov.Core()
         model, self.manifest = _read_model(core, Path(path))
         config: dict[str, Any] = {}

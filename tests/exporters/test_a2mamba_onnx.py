@@ -15,6 +15,7 @@ from edgevit import pipeline
 from edgevit.artifact import ArtifactMetadata
 from edgevit.errors import EdgevitError
 from edgevit.exporters.onnx_scan import export_selective_scan
+from edgevit.formats import format_options
 from edgevit.models.ops.selective_scan import selective_scan_reference
 from tests.models.a2mamba_reference import CONFIGS, random_state_dict
 from tests.models.test_selective_scan import scan_inputs
@@ -75,7 +76,7 @@ def test_nano_decomposed_export_parity(tmp_path: Path, nano_weights: Path, size:
 
 def test_nano_custom_scan_export_runs_in_ort(tmp_path: Path, nano_weights: Path) -> None:
     report = pipeline.export("a2mamba-n", output=tmp_path / "n.onnx", input_size=(64, 96),
-                             weights=str(nano_weights), scan="custom")
+                             weights=str(nano_weights), format_options=format_options("onnx", scan="custom"))
     assert report.parity is not None and report.parity.passed and report.parity.worst_rel <= 1e-4
     ops = _ops(report.path)
     assert ops.count(("edgevit", "SelectiveScan")) == sum(CONFIGS["n"].depths[:3])  # one per A2SSM
@@ -87,7 +88,8 @@ def test_nano_custom_scan_export_runs_in_ort(tmp_path: Path, nano_weights: Path)
 
 def test_unknown_scan_mode_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(EdgevitError, match="unknown scan mode"):
-        pipeline.export("a2mamba-n", output=tmp_path / "n.onnx", input_size=64, scan="loop", verify=False)
+        pipeline.export("a2mamba-n", output=tmp_path / "n.onnx", input_size=64, verify=False,
+                        format_options=format_options("onnx", scan="loop"))
     assert not (tmp_path / "n.onnx").exists()
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from edgevit import pipeline
 from edgevit.models import dualformer as df
-from tests.conftest import export_with_random_stats
+from tests.conftest import export_verified
 from tests.models.test_dualformer import _mhpa, reference_pool
 
 RTOL = 1e-4
@@ -29,7 +29,7 @@ DOWNSAMPLED_BLOCKS = {"dualformer-t": 4, "dualformer-xs": 4, "dualformer-s": 8, 
 
 def _export(name: str, out_dir: Path, size: tuple[int, int] = (224, 224), batch: int = 1,
             features_only: bool = False) -> pipeline.ExportReport:
-    return export_with_random_stats(name, out_dir, size, batch, features_only, RTOL)
+    return export_verified(name, out_dir, size, batch, features_only, RTOL)
 
 
 @pytest.fixture(scope="module")

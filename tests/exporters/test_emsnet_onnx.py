@@ -11,7 +11,7 @@ import pytest
 
 from edgevit import pipeline
 from edgevit.exporters.tensorrt_ops import tensorrt_problems
-from tests.conftest import export_with_random_stats
+from tests.conftest import export_verified
 
 RTOL = 1e-4
 NON_SQUARE = (160, 224)  # stage maps 40x56 .. 5x7: non-divisible pooling on one axis, odd C-MHSA grids
@@ -24,7 +24,7 @@ WIDTHS = {"emsnet-xxtiny": (32, 64, 128, 192), "emsnet-xtiny": (32, 64, 96, 128)
 
 def _export(name: str, out_dir: Path, size: tuple[int, int] = (224, 224), batch: int = 1,
             features_only: bool = False) -> pipeline.ExportReport:
-    return export_with_random_stats(name, out_dir, size, batch, features_only, RTOL)
+    return export_verified(name, out_dir, size, batch, features_only, RTOL)
 
 
 def check_deployable_graph(path: Path, name: str) -> None:

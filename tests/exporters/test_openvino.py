@@ -21,6 +21,7 @@ from edgevit import pipeline, runtimes
 from edgevit.cli import app
 from edgevit.errors import EdgevitError, VerificationError
 from edgevit.exporters import openvino as ovx
+from edgevit.formats import FORMATS, format_options
 from edgevit.images import synthetic_images, to_tensor, write_ppm
 from tests.openvino_support import exported_ir, small_size, smallest_per_family
 
@@ -63,8 +64,9 @@ def test_default_folder_name_and_xml_path(tmp_path: Path, monkeypatch: pytest.Mo
     assert runtimes.load(report.path / "model.xml").inputs[0].shape == (1, 3, 64, 96)
     with pytest.raises(EdgevitError, match="IR is a folder"):
         pipeline.export("s2aformer-mini", "openvino", tmp_path / "x.xml", input_size=64, verify=False)
-    with pytest.raises(EdgevitError, match="apply to --to openvino"):
-        pipeline.export("s2aformer-mini", "onnx", tmp_path / "x.onnx", precision="fp16")
+    with pytest.raises(EdgevitError, match="--to onnx does not take --precision"):
+        pipeline.export("s2aformer-mini", "onnx", tmp_path / "x.onnx",
+                        format_options=format_options("onnx", precision="fp16"))
 
 
 def test_a2mamba_custom_scan_is_inlined_and_matches(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -89,7 +91,9 @@ def test_read_onnx_inlines_model_local_functions(tmp_path: Path) -> None:
                                                                     helper.make_opsetid("test.fn", 1)])
     path = tmp_path / "fn.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(Exception):  # noqa: B017 - the point: OpenVINO alone cannot read it
+    from openvino._pyopenvino import OpConversionFailure  # not re-exported by the openvino package
+
+    with pytest.raises(OpConversionFailure, match="test.fn.Square"):  # OpenVINO alone cannot read it
         ov.Core().compile_model(ov.convert_model(str(path)), "CPU")(np.ones((2, 3), np.float32))
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(ov.Core().compile_model(ovx.read_onnx(path), "CPU")(x)[0], x * x)
@@ -101,7 +105,7 @@ def test_fp16_stores_half_the_weights_and_stays_close(tmp_path_factory: pytest.T
     ratio = (fp16 / "model.bin").stat().st_size / (fp32 / "model.bin").stat().st_size
     assert 0.45 < ratio < 0.55
     manifest = json.loads((fp16 / "manifest.json").read_text())
-    assert manifest["precision"] == "fp16" and manifest["parity"]["rtol"] == pipeline.OPENVINO_RTOL["fp16"]
+    assert manifest["precision"] == "fp16" and manifest["parity"]["rtol"] == FORMATS["openvino"].tolerance["fp16"]
     assert 1e-6 < manifest["parity"]["max_rel"] <= 1e-2  # weights really were rounded, and only a little
 
 
@@ -127,8 +131,8 @@ def test_int8_with_calibration_images(tmp_path: Path) -> None:
     calib.mkdir()
     for i, img in enumerate(synthetic_images(6, (80, 72), seed=11)):  # resized (crop+bilinear) to 64x64
         write_ppm(calib / f"{i}.ppm", img)
-    report = pipeline.export("dualformer-t", "openvino", tmp_path / "int8", input_size=64, precision="int8",
-                             calib_images=calib)
+    report = pipeline.export("dualformer-t", "openvino", tmp_path / "int8", input_size=64,
+                             format_options=format_options("openvino", precision="int8", calib_images=calib))
     manifest = json.loads((report.path / "manifest.json").read_text())
     assert manifest["calibration"] == f"6 images from {calib.resolve()}"
     assert manifest["metadata"]["edgevit.calibration"] == manifest["calibration"]
@@ -144,7 +148,7 @@ def test_int8_with_calibration_images(tmp_path: Path) -> None:
             assert all(i.get_source_output().get_node().get_type_name() != "FakeQuantize" for i in op.inputs())
     runner = runtimes.load(report.path)
     assert runner.info.precision == "int8+fp32" and runner.info.details["ir_precision"] == "int8"
-    assert report.parity is not None and report.parity.worst_rel <= pipeline.OPENVINO_RTOL["int8"]
+    assert report.parity is not None and report.parity.worst_rel <= FORMATS["openvino"].tolerance["int8"]
 
 
 def _toy_model() -> ov.Model:

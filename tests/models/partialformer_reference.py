@@ -124,13 +124,3 @@ class TieRecorder:
         self.calls += 1
         self.boundary_ties += int((tied & ~mask).any(dim=1).sum())
         return idx, mask
-
-
-def randomise_norms(model: torch.nn.Module) -> None:
-    """Non-trivial LayerNorm affine parameters so that no block is close to an identity map."""
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.LayerNorm):
-                mod.weight.copy_(1 + 0.5 * torch.randn(mod.weight.shape, generator=g))
-                mod.bias.copy_(0.5 * torch.randn(mod.bias.shape, generator=g))

@@ -135,7 +135,7 @@ def test_benchmark_cache_builds_an_ir_once(monkeypatch: pytest.MonkeyPatch) -> N
     def no_second_export(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached IR should have been reused")
 
-    monkeypatch.setattr(pipeline, "export_openvino", no_second_export)
+    monkeypatch.setattr(pipeline, "export", no_second_export)
     assert pipeline.cached_artifact(MODEL, "openvino", (64, 64), 1) == path
     runner = runtimes.load(path, "openvino", threads=1, precision="bf16")
     assert runner.info.precision in ("bf16", "fp32") and runner.info.threads == 1

@@ -1,0 +1,115 @@
+"""The format table: every option a format allows changes the artifact or is refused, and an option a
+format does not take is a one-line error (never ignored). Smallest model, 64x64, no verification: this
+is about where options go, parity is tested per format elsewhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from edgevit import formats, pipeline
+from edgevit.artifact import ArtifactMetadata
+from edgevit.cli import app
+from edgevit.errors import EdgevitError
+
+MODEL = "s2aformer-mini"
+
+# For every (format, option): a value other than the default, and whether it must change the artifact
+# ("changes") or be refused before anything is written ("refused", with the message). A new row or option
+# without an entry here fails test_every_allowed_option_is_covered.
+CASES: dict[str, dict[str, tuple[Any, str]]] = {
+    "onnx": {
+        "opset": (20, "changes"),
+        "simplify": (False, "changes"),
+        "scan": ("custom", "refused: has no selective scans"),  # s2aformer has none; A2Mamba's tested in its file
+    },
+    "openvino": {
+        "precision": ("fp16", "changes"),
+        "embed_preprocess": (True, "changes"),
+        "calib_images": (Path("."), "refused: only applies to --precision int8"),  # int8: test_openvino.py
+        "opset": (20, "changes"),
+        "simplify": (False, "changes"),
+        "scan": ("custom", "refused: has no selective scans"),
+    },
+    # No GPU here: TensorRT's own options are checked for validation; the ONNX options for reaching its
+    # intermediate (the engine builder is replaced by a copy of the intermediate ONNX, see fake_tensorrt).
+    "tensorrt": {
+        "precision": ("int8", "refused: fp32 or fp16"),
+        "opt_batch": (4, "refused: add --dynamic-batch"),
+        "max_batch": (8, "refused: add --dynamic-batch"),
+        "workspace": (0.0, "refused: must be positive"),
+        "opset": (20, "changes"),
+        "simplify": (False, "changes"),
+        "scan": ("custom", "refused: has no selective scans"),
+    },
+}
+
+
+def test_every_allowed_option_is_covered() -> None:
+    assert {name: set(fmt.cli_options) for name, fmt in formats.FORMATS.items()} == \
+        {name: set(options) for name, options in CASES.items()}
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TensorRT row with its engine builder replaced by a copy of the intermediate ONNX file."""
+
+    def copy_intermediate(source: Path, path: Path, options: Any, meta: ArtifactMetadata) -> ArtifactMetadata:
+        options.profile(meta.batch)  # the real exporter's option checks still run
+        shutil.copyfile(source, path)
+        return meta
+
+    row = dataclasses.replace(formats.FORMATS["tensorrt"], exporter=copy_intermediate, check_available=None,
+                              companions=lambda path: [])
+    monkeypatch.setitem(formats.FORMATS, "tensorrt", row)
+
+
+def artifact_bytes(path: Path) -> bytes:
+    """The artifact's content (an IR folder: the IR itself, not its manifest)."""
+    if path.is_dir():
+        return (path / "model.xml").read_bytes() + (path / "model.bin").read_bytes()
+    return path.read_bytes()
+
+
+def export(to: str, out: Path, **values: Any) -> Path:
+    return pipeline.export(MODEL, to, out, format_options=formats.format_options(to, **values), input_size=64,
+                           verify=False).path
+
+
+@pytest.mark.parametrize("to", list(CASES))
+def test_every_allowed_option_changes_the_artifact_or_is_refused(to: str, tmp_path: Path,
+                                                                 fake_tensorrt: None) -> None:
+    baseline = artifact_bytes(export(to, tmp_path / "default"))
+    for option, (value, expect) in CASES[to].items():
+        out = tmp_path / option
+        if expect == "changes":
+            assert artifact_bytes(export(to, out, **{option: value})) != baseline, f"{to} --{option} changed nothing"
+        else:
+            with pytest.raises(EdgevitError, match=expect.removeprefix("refused: ")):
+                export(to, out, **{option: value})
+            assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--workspace", "2"), "--to onnx does not take --workspace; it takes --opset, --simplify/--no-simplify, --scan"),
+    (("--precision", "fp32"), "--to onnx does not take --precision"),  # given explicitly, even at a default value
+    (("--to", "openvino", "--max-batch", "4", "--no-simplify"), "--to openvino does not take --max-batch; it takes"),
+    (("--to", "tensorrt", "--embed-preprocess"), "--to tensorrt does not take --embed-preprocess"),
+])
+def test_cli_refuses_an_option_the_format_does_not_take(args: tuple[str, ...], needle: str, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["export", MODEL, "--input-size", "64", "-o", str(tmp_path / "x"), *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_python_api_refuses_format_options_as_keywords() -> None:
+    with pytest.raises(EdgevitError, match="precision is not common.*format_options"):
+        pipeline.export(MODEL, "openvino", precision="fp16")
+    with pytest.raises(EdgevitError, match="takes OpenVinoExportOptions"):
+        pipeline.export(MODEL, "openvino", format_options=formats.format_options("onnx"))
