@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/edgevit export $(MODEL) --to onnx --output artifacts/$(MODEL).onnx
+	$(BIN)/edgevit export $(MODEL) --to onnx --output artifacts/$(MODEL).onnx --force  # --force: replaces only a previous edgevit export
 	$(BIN)/edgevit verify $(MODEL) artifacts/$(MODEL).onnx
 	$(BIN)/edgevit bench --device cpu --models $(MODEL) --runtimes torch,onnxruntime,openvino --json artifacts/bench-$(MODEL).json
 

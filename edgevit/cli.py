@@ -7,11 +7,12 @@ a failed verification exits with 1.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,30 +22,78 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import __version__
+from . import __version__, errors
 from .errors import EdgevitError
+from .quantization.accuracy import EVAL_COUNT
 
+def _plain_option_types() -> None:
+    """Drop typer's ``<bool>``/``<str>`` type tags from ``--help``; keep the informative ones (``<int>``, ``<path>``).
+
+    typer >= 0.2x prints a ``<type>`` tag after every parameter: on a flag (``--json <bool>``) it reads as if
+    the flag took a value, and on text options it says nothing the help sentence does not (which names the
+    accepted values). One hook on typer's parameter classes covers every command; typer versions without
+    the hook print click's plain help and are left alone.
+    """
+    for name in ("_TyperParameter", "TyperOption", "TyperArgument"):
+        cls = getattr(typer.core, name, None)
+        original = vars(cls).get("display_type_rich") if cls is not None else None
+        if original is None or getattr(original, "_edgevit_plain", False):
+            continue
+
+        def display_type_rich(self: Any, ctx: Any, _original: Any = original) -> str | None:
+            annotation = getattr(getattr(self, "type_descriptor", None), "annotation", None)
+            if annotation in (bool, str) and getattr(self, "metavar", None) is None:
+                return None
+            return _original(self, ctx)
+
+        display_type_rich._edgevit_plain = True  # type: ignore[attr-defined]
+        setattr(cls, "display_type_rich", display_type_rich)
+
+
+_plain_option_types()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Export, verify and benchmark efficient vision backbones on every runtime.")
+                  help="Export, verify and benchmark efficient vision backbones on every runtime.\n\n"
+                       "Exit codes: 0 success, 1 a failed verification or benchmark, 2 a user error (one line "
+                       "naming the problem and the fix), 3 a bug in edgevit (--debug shows the traceback), "
+                       "130 interrupted.")
 # Piped output (logs, CI) gets a wide console so tables are not truncated to rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_USER_ERROR = 2
-EXIT_VERIFY_FAILED = 1
+EXIT_USER_ERROR = errors.EXIT_USER_ERROR
+EXIT_VERIFY_FAILED = errors.EXIT_CHECK_FAILED
+_DEBUG_FLAG = "--debug"
+
+
+def _debug_from_environment() -> bool:
+    return os.environ.get("EDGEVIT_DEBUG", "") not in ("", "0")
+
+
+# ``debug`` is decided afresh by every invocation (``--debug`` or EDGEVIT_DEBUG), never carried over from an
+# earlier one in the same process; ``main_flag`` is a ``--debug`` that :func:`main` took out of the arguments.
+_state = {"debug": _debug_from_environment(), "main_flag": False}
+
+
+def _print_error(message: str) -> None:
+    """One red line on stderr (soft-wrapped by the terminal, never by rich)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+EXIT_BENCH_FAILED = errors.EXIT_CHECK_FAILED  # a benchmark case failed (its row says why)
 
 
 def user_errors(fn: F) -> F:
-    """Turn :class:`EdgevitError` into one red line and a non-zero exit instead of a traceback."""
+    """Turn :class:`EdgevitError` into one red line and its exit code (2, or 1 for a failed check) instead
+    of a traceback; with ``--debug`` the error propagates so :func:`main` prints the traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except EdgevitError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_VERIFY_FAILED if type(exc).__name__ == "VerificationError" else EXIT_USER_ERROR)
+            if _state["debug"]:
+                raise
+            _print_error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -65,8 +114,13 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
-    pass
+                                                help="Print the version and exit.")] = False,
+          debug: Annotated[bool, typer.Option(_DEBUG_FLAG, help="Show the full traceback of any error (also "
+                                                                "EDGEVIT_DEBUG=1); may be given anywhere.")]
+          = False) -> None:
+    """Exit codes: 0 success, 1 a failed verification or benchmark, 2 a user error (one line naming the
+    problem and the fix), 3 a bug in edgevit, 130 interrupted."""
+    _state["debug"] = debug or _state["main_flag"] or _debug_from_environment()
 
 
 @app.command("list")
@@ -104,14 +158,36 @@ def list_cmd(
         table.add_column("params M\n(ours)", justify="right")
         table.add_column("GMACs\n(ours)", justify="right")
     table.add_column("architecture", no_wrap=True)
-    fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
     for r in rows:
-        cells = [r["name"], "x".join(map(str, r["input_size"])), fmt(r["paper_params_m"], ".2f"),
-                 fmt(r["paper_gmacs"], ".3g"), fmt(r["paper_top1"], ".1f")]
+        cells = [r["name"], "x".join(map(str, r["input_size"])), _as_printed(r["paper_params_m"]),
+                 _as_printed(r["paper_gmacs"]), _as_printed(r["paper_top1"])]
         if measure:
             cells += [f"{r['params_m']:.2f}", f"{r['gmacs']:.3f}"]
         table.add_row(*cells, r["architecture"])
     console.print(table)
+
+
+def _as_printed(value: float | None) -> str:
+    """A paper's figure as the paper prints it (15, 5.02, 0.655, 74.0), never re-rounded or zero-padded.
+
+    The model cards hold each figure as the literal the paper printed, so Python's shortest repr gives it
+    back; a fixed format such as ``.2f`` would invent digits ("15.00") or drop them ("12.5" for 12.53).
+    """
+    return "—" if value is None else repr(value)
+
+
+def _input_rule(card: Any) -> str:
+    """The default input size, plus the constraints on other sizes only where there are any."""
+    rules = []
+    if card.input_multiple > 1:
+        rules.append(f"multiple of {card.input_multiple}")
+    rules.append(f"at least {card.min_input_size}")
+    return f"{card.input_size[0]}x{card.input_size[1]} (other sizes: {', '.join(rules)})"
+
+
+def _paper_figure_lines(figures: list[Any]) -> str:
+    return "\n".join(f"{f.value:g} {f.unit} · {f.runtime} on {f.hardware} ({f.table}, {f.resolution}px, "
+                     f"batch {f.batch or 'not stated'})" for f in figures) or "—"
 
 
 @app.command()
@@ -119,19 +195,23 @@ def list_cmd(
 def info(
     model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
     input_size: Annotated[str | None, typer.Option(help="H or HxW for the MAC count.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Model card, measured params and MACs (by kind of op) and the paper's figures."""
     from .models import count_macs, count_params, create_model, get_model_card
+    from .models.int8_rules import keep_float_rules
     from .models.paper import figures_for
-    from .pipeline import parse_input_size
+    from .pipeline import probe_size, parse_input_size
+    from .resources import check_forward_fits
 
     card = get_model_card(model)
     size = parse_input_size(input_size, card)
     net = create_model(card.name)
+    check_forward_fits(net, card.name, size, 1, probe_size(card))  # counting MACs runs one forward pass
     macs = count_macs(net, size)
     data = card.to_dict()
     data["paper_figures"] = [asdict(f) for f in figures_for(card.name)]
+    data["int8_keep_float"] = [asdict(rule) for rule in keep_float_rules(card.family)]
     data["measured"] = {"input_size": list(size), "params": count_params(net), "macs_total": macs.total,
                         "macs_by_kind": macs.by_kind,
                         "macs_paper_convention": macs.for_convention(card.reported.macs_convention)}
@@ -146,18 +226,19 @@ def info(
     for key, value in [
         ("paper", f"{card.paper}\n{card.paper_url}"),
         ("architecture", card.architecture),
-        ("input", f"{card.input_size[0]}x{card.input_size[1]} (multiple of {card.input_multiple})"),
+        ("input", _input_rule(card)),
         ("mean / std", f"{card.mean} / {card.std}"),
         ("params", f"{count_params(net) / 1e6:.3f} M (paper {rep.params_m} M)"),
         (f"GMACs @{size[0]}x{size[1]}", f"{ours_macs:.3f} counted as {rep.macs_convention} (paper {rep.gmacs} @"
                                         f"{rep.input_size}); all ops {macs.total / 1e9:.3f}"),
         ("MACs by kind", ", ".join(f"{k} {v / 1e9:.3f} G" for k, v in sorted(macs.by_kind.items()))),
         ("top-1 (paper)", f"{rep.top1}"),
-        ("speed (paper)", "\n".join(f"{f.value:g} {f.unit} · {f.runtime} on {f.hardware} ({f.table}, "
-                                     f"{f.resolution}px, batch {f.batch or 'not stated'})"
-                                     for f in figures_for(card.name)) or "—"),
+        # speed (throughput, latency) and memory are different questions: the paper tables mix them
+        ("speed (paper)", _paper_figure_lines([f for f in figures_for(card.name) if f.metric != "memory"])),
+        ("memory (paper)", _paper_figure_lines(figures_for(card.name, "memory"))),
         ("source", rep.source),
         ("notes", card.notes),
+        ("int8: kept in float", "\n".join(rule.describe() for rule in keep_float_rules(card.family))),
     ]:
         table.add_row(key, value)
     console.print(table)
@@ -172,9 +253,14 @@ def _progress() -> Progress:
 @user_errors
 def export(
     model: Annotated[str, typer.Argument(help="Model name, e.g. s2aformer-t.")],
-    to: Annotated[str, typer.Option("--to", help="Artifact format: onnx, openvino (an IR folder) or tensorrt "
-                                                 "(an engine; needs an NVIDIA GPU and edgevit[tensorrt]).")] = "onnx",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact path (default artifacts/...).")] = None,
+    to: Annotated[str, typer.Option("--to", help="Artifact format: onnx, openvino (an IR folder), tensorrt "
+                                                 "(an engine; needs an NVIDIA GPU and edgevit\\[tensorrt]), "
+                                                 "executorch (a .pte; edgevit\\[executorch]) or ort (an .ort "
+                                                 "folder for ONNX Runtime Mobile).")] = "onnx",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact path (default artifacts/...); an "
+                                                "existing folder receives an .onnx/.engine file inside it.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a previous edgevit artifact at --output (never "
+                                                        "anything edgevit did not write).")] = False,
     input_size: Annotated[str | None, typer.Option(help="H or HxW (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
     dynamic_batch: Annotated[bool, typer.Option(help="Make the batch axis dynamic (overrides --batch).")] = False,
@@ -183,9 +269,12 @@ def export(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check parity with PyTorch in the format's "
                                                                        "runtime (and the intermediate ONNX's).")] = True,
     rtol: Annotated[float | None, typer.Option(help="Max abs error / max |reference| allowed (default: the "
-                                                    "format's for its precision: 1e-4 fp32, 1e-2 fp16, 0.5 int8).")
+                                                    "format's for its precision: 1e-4 fp32, 1e-2 fp16; int8 is "
+                                                    "verified by top-1 agreement instead).")
                     ] = None,
     atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
+    eval_images: Annotated[int, typer.Option(help="int8: images of the fixed evaluation set on which top-1 "
+                                                  "agreement with fp32 is verified.")] = EVAL_COUNT,
     option: Annotated[list[str] | None, typer.Option("--option", help="Model constructor option KEY=VALUE, "
                                                      "repeatable (e.g. sampler=manual for MAT).")] = None,
     # Format options: None means "not given", so a flag the format does not take is refused, never ignored.
@@ -195,42 +284,52 @@ def export(
     scan: Annotated[str | None, typer.Option(help="onnx/openvino/tensorrt, A2Mamba: selective scans as decomposed "
                                                   "standard ops (default) or custom (one edgevit.SelectiveScan node "
                                                   "each, body shipped as an ONNX function).")] = None,
-    precision: Annotated[str | None, typer.Option(help="openvino: fp32 (default), fp16 or int8 (NNCF); tensorrt: "
-                                                       "fp16 (default) or fp32.")] = None,
+    precision: Annotated[str | None, typer.Option(help="onnx: fp32 (default) or int8 (static QDQ); openvino: fp32 "
+                                                       "(default), fp16 or int8 (NNCF); tensorrt: fp16 (default) or "
+                                                       "fp32.")] = None,
     embed_preprocess: Annotated[bool | None, typer.Option("--embed-preprocess", help="openvino: take uint8 NHWC "
                                                           "RGB, normalise inside.")] = None,
-    calib_images: Annotated[Path | None, typer.Option(help="openvino int8: folder of calibration images "
+    calib_images: Annotated[Path | None, typer.Option(help="onnx/openvino int8: folder of calibration images "
                                                             "(default: a synthetic set).")] = None,
     opt_batch: Annotated[int | None, typer.Option(help="tensorrt --dynamic-batch: batch the profile is tuned for "
                                                        "(default --max-batch).")] = None,
     max_batch: Annotated[int | None, typer.Option(help="tensorrt --dynamic-batch: largest batch of the profile.")
                          ] = None,
     workspace: Annotated[float | None, typer.Option(help="tensorrt: builder workspace in GB (default 4).")] = None,
+    delegate: Annotated[str | None, typer.Option(help="executorch: xnnpack (default) or portable (no delegate, "
+                                                      "ExecuTorch's own kernels only).")] = None,
+    xnnpack_forms: Annotated[bool | None, typer.Option("--xnnpack-forms/--no-xnnpack-forms", help="executorch: "
+                                                       "rewrite LayerNorm/mean/matmul/split into ops XNNPACK "
+                                                       "takes (default on).")] = None,
+    target_platform: Annotated[str | None, typer.Option(help="ort: optimisations baked in for arm (default, "
+                                                             "phones) or amd64.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Export a model; the artifact appears under its name only once it has been verified."""
     from . import pipeline
-    from .formats import format_options
+    from .formats import all_cli_options, format_options
 
-    flags = {"opset": opset, "simplify": simplify, "scan": scan, "precision": precision,
-             "embed_preprocess": embed_preprocess, "calib_images": calib_images, "opt_batch": opt_batch,
-             "max_batch": max_batch, "workspace": workspace}
-    given = {k: v for k, v in flags.items() if v is not None}  # only what the user typed
+    values = locals()  # every format option of the table is a parameter of this command (tests/test_formats.py)
+    given = {k: values[k] for k in all_cli_options() if values[k] is not None}  # only what the user typed
     fopts = format_options(to, **given)
     common = pipeline.ExportOptions(input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, weights=weights,
                                     features_only=features_only, model_options=pipeline.parse_model_options(option),
-                                    verify=verify, rtol=rtol, atol=atol)
+                                    verify=verify, rtol=rtol, atol=atol, force=force,
+                                    eval_images=eval_images)
     with _progress() as progress:
         progress.add_task(f"exporting {model} to {to}" + (" and verifying" if verify else ""), total=None)
         report = pipeline.export(model, to, output, common, fopts)
     result = {"path": str(report.path), "model": report.metadata.model, "input_size": list(report.metadata.input_size),
               "batch": report.metadata.batch, "outputs": list(report.metadata.output_names),
               "size_mb": round(report.size_bytes / 1e6, 2), "seconds": round(report.seconds, 1),
-              "verified": report.parity is not None}
+              "verified": report.parity is not None or report.agreement is not None}
     result.update({k: report.metadata.extra[k] for k in ("format", "precision", "preprocess", "calibration", "scan")
                    if k in report.metadata.extra})
     if report.parity is not None:
         result.update(_parity_dict(report.parity))
+    if report.agreement is not None:
+        result.update(agreement=report.agreement.to_dict(), passed=report.agreement.passed,
+                      runtime=report.agreement.candidate)
     if as_json:
         _print_json(result)
         return
@@ -239,6 +338,9 @@ def export(
         console.print(f"  int8 calibration: {result['calibration']}", highlight=False)
     if report.parity is not None:
         console.print(f"  verified in {report.parity.candidate}: {report.parity.summary()}")
+    if report.agreement is not None:
+        console.print(f"  verified in {report.agreement.candidate} against fp32 PyTorch: "
+                      f"{report.agreement.summary()}", highlight=False)
 
 
 def _parity_dict(parity: Any) -> dict[str, Any]:
@@ -259,18 +361,33 @@ def verify_cmd(
     weights: Annotated[str | None, typer.Option(help="Checkpoint the artifact was exported with.")] = None,
     batch: Annotated[int | None, typer.Option(help="Batch size (default: the artifact's, or 2 if dynamic).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random input batch.")] = 0,
-    rtol: Annotated[float, typer.Option(help="Max abs error / max |reference| allowed.")] = 1e-4,
+    rtol: Annotated[float | None, typer.Option(help="Max abs error / max |reference| allowed (default: the bound "
+                                                    "export used for the artifact's format and precision).")] = None,
     atol: Annotated[float, typer.Option(help="Absolute slack added to rtol * max |reference|.")] = 0.0,
     threads: Annotated[int | None, typer.Option(help="Threads for both runtimes.")] = None,
+    eval_images: Annotated[int, typer.Option(help="int8 artifacts: images of the fixed evaluation set compared "
+                                                  "with fp32 (top-1/top-5 agreement).")] = EVAL_COUNT,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Run the same seeded inputs through PyTorch and the artifact; exit 1 above tolerance."""
+    """Run the same seeded inputs through PyTorch and the artifact; exit 1 above tolerance (int8 artifacts:
+    below the top-1 agreement threshold on the evaluation set)."""
     from . import pipeline
+    from .quantization.accuracy import AgreementReport
 
     with _progress() as progress:
         progress.add_task(f"verifying {artifact}", total=None)
         report = pipeline.verify(model, artifact, backend=runtime, weights=weights, batch=batch, seed=seed,
-                                 atol=atol, rtol=rtol, threads=threads)
+                                 atol=atol, rtol=rtol, threads=threads, eval_images=eval_images)
+    if isinstance(report, AgreementReport):
+        if as_json:
+            _print_json({**report.to_dict(), "runtime": report.candidate})
+        else:
+            verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
+            console.print(f"{verdict} {artifact} ({report.candidate}) vs fp32 PyTorch: {report.summary()}",
+                          highlight=False)
+        if not report.passed:
+            raise typer.Exit(EXIT_VERIFY_FAILED)
+        return
     if as_json:
         _print_json(_parity_dict(report))
     else:
@@ -279,14 +396,23 @@ def verify_cmd(
             table.add_column(col, justify="right")
         for o in report.outputs:
             table.add_row(o.name, f"{o.max_abs:.3e}", f"{o.max_ref:.3e}", f"{o.rel:.3e}", f"{o.mean_abs:.3e}",
-                          "[green]✓[/]" if o.passes(atol, rtol) else "[red]✗[/]")
+                          "[green]✓[/]" if o.passes(report.atol, report.rtol) else "[red]✗[/]")
         console.print(table)
         if report.top1_agreement is not None:
             console.print(f"top-1 agreement: {report.top1_agreement:.1%}")
         verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
-        console.print(f"{verdict} at rtol={rtol:g} atol={atol:g}")
+        console.print(f"{verdict} at rtol={report.rtol:g} atol={report.atol:g}")
     if not report.passed:
         raise typer.Exit(EXIT_VERIFY_FAILED)
+
+
+# Timing protocols: the quick default finishes in well under a minute on 2 cores (the first run adds a cached
+# ONNX export); --full is the paper-grade protocol (longer warm-up, more calls, the default batch).
+QUICK = {"warmup": 1, "warmup_seconds": 0.3, "iters": 3, "min_seconds": 0.5, "repeats": 3, "batch": 8,
+         "roof_seconds": 0.15}
+FULL = {"warmup": 3, "warmup_seconds": 1.0, "iters": 20, "min_seconds": 2.0, "repeats": 3, "batch": None,
+        "roof_seconds": 0.5}
+DEFAULT_RESULTS_DIR = Path("edgevit-bench")
 
 
 @app.command()
@@ -294,51 +420,98 @@ def verify_cmd(
 def bench(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     models: Annotated[str, typer.Option(help="Comma-separated model names.")] = "s2aformer-t",
-    runtimes: Annotated[str, typer.Option(help="Comma-separated: torch, onnxruntime, openvino[:f32|:bf16|:default] "
-                                               "on cpu; torch[:fp32|:fp16], tensorrt[:fp16|:fp32] on cuda "
-                                               "(default: torch,onnxruntime on cpu; torch,tensorrt on cuda).")]
-    = None,
+    runtimes: Annotated[str, typer.Option(help="Comma-separated: torch, torch:channels-last, torch:bf16, "
+                                               "torch-compile, onnxruntime, openvino[:f32|:bf16|:default] on cpu; "
+                                               "torch[:fp32|:fp16], tensorrt[:fp16|:fp32] on cuda (default: "
+                                               "torch,onnxruntime on cpu; torch,tensorrt on cuda; with --artifact "
+                                               "the runtime of that file).")] = None,
     scenario: Annotated[str, typer.Option(help="throughput (batched images/s) or latency (batch 1 percentiles).")]
     = "throughput",
     resolutions: Annotated[str | None, typer.Option(help="Comma-separated sizes, e.g. 224,512,1024 or 256x320.")]
     = None,
     batch_size: Annotated[str | None, typer.Option(help="Images per call: one value, or one per resolution "
-                                                        "(default: 16 on cpu / 256 on cuda at 224, same pixels "
-                                                        "per call at other sizes; 1 for latency).")] = None,
+                                                        "(default: 8 quick / 16 --full on cpu, 256 on cuda at "
+                                                        "224, same pixels per call at other sizes; 1 for "
+                                                        "latency).")] = None,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: all cores; 1 = single-thread "
                                                      "protocol).")] = None,
     streams: Annotated[int | None, typer.Option(help="OpenVINO inference streams.")] = None,
-    iters: Annotated[int, typer.Option(help="Minimum timed calls per run.")] = 10,
-    repeats: Annotated[int, typer.Option(help="Timed runs per case (median and spread are reported).")] = 3,
-    warmup: Annotated[int, typer.Option(help="Warm-up calls (plus --warmup-seconds).")] = 3,
-    warmup_seconds: Annotated[float, typer.Option(help="Minimum warm-up time.")] = 1.0,
-    min_seconds: Annotated[float, typer.Option(help="Minimum timed seconds per run.")] = 1.0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results and environment to this file.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Paper-grade timing protocol (3 warm-up calls + 1 s, "
+                                                      ">= 20 calls and 2 s per run, 3 runs) instead of the quick "
+                                                      "one.")] = False,
+    paper: Annotated[str | None, typer.Option(help="Reproduce a paper's CPU speed table, e.g. s2aformer "
+                                                   "(its models and columns, --full, --reference).")] = None,
+    reference: Annotated[bool | None, typer.Option("--reference/--no-reference",
+                                                   help="Also run OpenVINO's benchmark_app / a plain ORT session "
+                                                        "on the same file (default: on with --paper).")] = None,
+    iters: Annotated[int | None, typer.Option(help="Minimum timed calls per run.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed runs per case (median and spread are reported).")]
+    = None,
+    warmup: Annotated[int | None, typer.Option(help="Warm-up calls (plus --warmup-seconds).")] = None,
+    warmup_seconds: Annotated[float | None, typer.Option(help="Minimum warm-up time.")] = None,
+    min_seconds: Annotated[float | None, typer.Option(help="Minimum timed seconds per run.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Results file (default: a new "
+                                                  "edgevit-bench/bench-TIME.json; always written).")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the result rows as CSV.")] = None,
     artifact: Annotated[Path | None, typer.Option(help="Benchmark this exported .onnx file or IR folder "
                                                        "(model, size and batch from its metadata).")] = None,
 ) -> None:
-    """Throughput or latency of models x runtimes x resolutions, with memory, efficiency and environment."""
+    """Throughput or latency of models x runtimes x resolutions, against a measured GEMM roof.
+
+    Exit 0 when every case ran, 1 when a case failed (its row says why; finished rows are saved), 2 on a
+    usage error (checked before anything runs).
+    """
     from .bench import TimingPolicy
     from .bench import run as run_bench
+    from .bench.paper import protocol
     from .bench.report import to_csv
-    from .bench.suite import case_count
+    from .bench.suite import artifact_runtime, case_count
 
+    proto = FULL if (full or paper) else QUICK
     model_list = _split(models)
-    runtime_list = _split(runtimes or ("torch,tensorrt" if device == "cuda" else "torch,onnxruntime"))
     res_list = _split(resolutions) if resolutions else None
+    paper_meta: dict[str, Any] | None = None
+    if paper:
+        plan = protocol(paper)
+        model_list, res_list = plan.models, [str(plan.resolution)]
+        runtimes = runtimes or ",".join(plan.runtimes)
+        reference = True if reference is None else reference
+        paper_meta = {"family": plan.family, "table": plan.table, "models": plan.models, "metric": plan.metric,
+                      "resolution": plan.resolution, "note": plan.note}
+    if runtimes is None:
+        runtimes = (artifact_runtime(artifact) if artifact is not None and artifact.exists()
+                    else "torch,tensorrt" if device == "cuda" else "torch,onnxruntime")
+    runtime_list = _split(runtimes)
     try:
         batches = [int(b) for b in _split(batch_size)] if batch_size else None
     except ValueError:
         raise EdgevitError(f"--batch-size takes integers, e.g. 16 or 128,32,8; got {batch_size!r}") from None
-    if min(iters, repeats) < 1:
-        raise EdgevitError("--iters and --repeats must be at least 1")
-    policy = TimingPolicy(warmup_iters=warmup, warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds,
-                          repeats=repeats)
+    if batches is None and proto["batch"] and device == "cpu" and scenario == "throughput" and artifact is None:
+        batches = [proto["batch"]]
+    pick = lambda given, key: proto[key] if given is None else given  # noqa: E731
+    policy = TimingPolicy(warmup_iters=pick(warmup, "warmup"), warmup_seconds=pick(warmup_seconds, "warmup_seconds"),
+                          iters=pick(iters, "iters"), min_seconds=pick(min_seconds, "min_seconds"),
+                          repeats=pick(repeats, "repeats"))
+    if min(policy.iters, policy.repeats) < 1 or policy.warmup_iters < 0:
+        raise EdgevitError("--iters and --repeats must be at least 1, --warmup at least 0")
+    json_path = json_out or DEFAULT_RESULTS_DIR / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    for path in (json_path, csv_out):
+        if path is not None:
+            _check_output_file(path, "--json" if path is json_path else "--csv")
     total = case_count(model_list, runtime_list, device, res_list if artifact is None else None)
+    streaming = not console.is_terminal
+
+    def on_row(rep: Any) -> None:  # save what has finished, and tell a pipe about it
+        data = rep.to_dict()
+        if paper_meta:
+            data["environment"]["paper"] = {**paper_meta, "batch": rep.rows[0].case.batch}
+        _write_atomic(json_path, json.dumps(data, indent=2, default=str))
+        if streaming:
+            console.print(_row_line(rep.rows[-1], len(rep.rows), rep.planned), highlight=False, soft_wrap=True)
+
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err_console,
-                  transient=True) as progress:
+                  transient=True, disable=not err_console.is_terminal) as progress:
         overall = progress.add_task("benchmark", total=total)
         current: dict[str, Any] = {}
 
@@ -355,13 +528,121 @@ def bench(
 
         report = run_bench(model_list, runtime_list, device=device, scenario=scenario, resolutions=res_list,
                            batches=batches, threads=threads, streams=streams, policy=policy, progress=on_progress,
-                           artifact=artifact)
+                           artifact=artifact, on_row=on_row, reference=bool(reference),
+                           roof_seconds=float(proto["roof_seconds"]))
+    on_row(report) if report.rows and not streaming else None
     _print_bench_table(report)
-    data = report.to_dict()
-    for path, text in ((json_out, lambda: json.dumps(data, indent=2, default=str)), (csv_out, lambda: to_csv(data))):
-        if path:
-            _write_atomic(path, text())
-            console.print(f"results written to {path}")
+    console.print(f"results written to {json_path}", highlight=False)
+    if csv_out:
+        _write_atomic(csv_out, to_csv(report.to_dict()))
+        console.print(f"rows written to {csv_out}", highlight=False)
+    if any(r.error for r in report.rows):
+        raise typer.Exit(EXIT_BENCH_FAILED)
+
+
+def _check_output_file(path: Path, flag: str) -> None:
+    """Before the run: a results file must be a writable file path, and never a file edgevit did not write."""
+    if path.is_dir():
+        raise EdgevitError(f"{flag} {str(path)!r} is a directory; give a file name, e.g. {path / 'bench.json'}")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise EdgevitError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise EdgevitError(f"{flag} {str(path)!r} is not writable; choose another path")
+    if path.exists() and path.stat().st_size and flag == "--json":
+        try:
+            ours = "results" in json.loads(path.read_text())
+        except (ValueError, OSError, TypeError):
+            ours = False
+        if not ours:
+            raise EdgevitError(f"--json {str(path)!r} exists and is not an edgevit bench file; refusing to "
+                               "overwrite it (choose a new name)")
+
+
+# Table abbreviations (the table must fit 100 columns; the legend under it spells them out).
+_RUNTIME_ABBREV = {"torch": "pt", "torch:channels-last": "pt:cl", "torch:bf16": "pt:bf16", "torch-compile": "pt:comp",
+                   "onnxruntime": "ort", "openvino:f32": "ov:f32", "openvino:default": "ov:def",
+                   "openvino:bf16": "ov:bf16", "torch-cuda:fp32": "cu:fp32", "torch-cuda:fp16": "cu:fp16",
+                   "tensorrt:fp16": "trt:fp16", "tensorrt:fp32": "trt:fp32"}
+_LEGEND = ("pt = PyTorch eager (cl: channels-last, bf16: autocast, comp: torch.compile/inductor), ort = ONNX "
+           "Runtime, ov = OpenVINO (def: the device's default precision), cu = PyTorch CUDA, trt = TensorRT · "
+           "img/s = median of runs, ± = (max-min)/median, p50 = median latency of a call (ms) · %roof = all-op GMAC/s over the measured GEMM roof of "
+           "that precision · ref/s = benchmark_app / plain ORT session on the same file · ld / inf MB = RSS "
+           "growth while loading / peak while running")
+
+
+def _row_line(row: Any, done: int, total: int) -> str:
+    c = row.case
+    head = f"[{done}/{total}] {c.model} · {c.runtime.label} · {c.input_size[0]}x{c.input_size[1]} b{c.batch}"
+    if row.error:
+        return f"{head}: error: {row.error}"
+    m = row.measurement
+    roof = f" · {100 * row.roof_fraction:.1f}% roof" if row.roof_fraction else ""
+    return f"{head} · {row.precision}: {m.images_per_s:.2f} img/s ±{100 * m.spread:.1f}% · p50 {m.pooled.p50:.1f} ms{roof}"
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _sig(v: float | None) -> str:
+    """At least 4 significant digits in at most 7 characters: 12345, 1234.5, 123.45, 0.1234 (JSON has all)."""
+    if v is None:
+        return "—"
+    return f"{v:.0f}" if v >= 10_000 else f"{v:.1f}" if v >= 1000 else f"{v:.2f}" if v >= 1 else f"{v:.4f}"
+
+
+def _print_bench_table(report: Any) -> None:
+    from rich import box
+
+    env = report.environment
+    rows = report.rows
+    where = env.get("gpu") if env.get("device") == "cuda" else f"{env['cpu_model']} · {env['threads']} threads"
+    shared_shape = len({(r.case.input_size, r.case.batch) for r in rows}) == 1
+    title = f"{env['scenario']} · {where}"
+    if shared_shape and rows:
+        c = rows[0].case
+        title += f" · {c.input_size[0]}x{c.input_size[1]} · batch {c.batch}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True)
+    cols = ["model", "rt", "prec"] + ([] if shared_shape else ["in", "b"]) + [
+        "img/s", "±%", "p50", "%roof", "ref/s", "ld MB", "inf MB"]
+    for col in cols:
+        # never an ellipsis: if a terminal is narrower than the table, a cell folds onto a second line
+        table.add_column(col, justify="left" if col in ("model", "rt", "prec") else "right", overflow="fold")
+    for row in rows:
+        c = row.case
+        base = [c.model, _RUNTIME_ABBREV.get(c.runtime.label, c.runtime.label), row.precision or "—"]
+        if not shared_shape:
+            base += [f"{c.input_size[0]}x{c.input_size[1]}", str(c.batch)]
+        if row.measurement is None:
+            table.add_row(*base, "[red]error ↓[/]", *[""] * (len(cols) - len(base) - 1))
+            continue
+        m, p = row.measurement, row.measurement.pooled
+        ref = row.reference.get("images_per_s") if row.reference else None
+        mem = row.cuda_peak_mb if row.cuda_peak_mb is not None else row.infer_mb
+        table.add_row(*base, _sig(m.images_per_s), f"{100 * m.spread:.1f}", _sig(p.p50),
+                      _num(100 * row.roof_fraction if row.roof_fraction else None, ".1f"), _sig(ref),
+                      _num(row.load_mb, ".0f"), _num(mem, ".0f"))
+    console.print(table, width=min(console.width, 100))
+    for row in rows:
+        if row.error:
+            console.print(f"[red]error[/] {row.case.model} · {row.case.runtime.label}: {escape(row.error)}",
+                          highlight=False)
+        elif row.case.runtime.compile:
+            console.print(f"{row.case.model} · {row.case.runtime.label}: compile + first call "
+                          f"{row.first_call_seconds:.1f} s (not in img/s)", highlight=False)
+        if row.reference and row.reference.get("error"):
+            console.print(f"{row.case.model} · {row.case.runtime.label}: {row.reference['tool']} failed: "
+                          f"{escape(str(row.reference['error']))}", highlight=False)
+    roofs = env.get("roof") or {}
+    if roofs:
+        console.print("GEMM roof (GMAC/s, measured / theoretical): " + ", ".join(
+            f"{p} {_num(r['gmacs_per_s'], '.0f')} / {_num(r['theoretical']['gmacs_per_s'], '.0f')}"
+            for p, r in roofs.items()), highlight=False, soft_wrap=True)
+        src = roofs.get("fp32", next(iter(roofs.values())))["theoretical"]["source"]
+        console.print(f"[dim]theoretical fp32: {src}[/]", highlight=False, soft_wrap=True)
+    console.print(f"[dim]{_LEGEND}[/]", highlight=False, width=min(console.width, 100))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -369,37 +650,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _print_bench_table(report: Any) -> None:
-    env = report.environment
-    where = env.get("gpu") if env.get("device") == "cuda" else f"{env['cpu_model']} · {env['threads']} threads"
-    table = Table(title=f"{env['scenario']} benchmark · {where}",
-                  caption=f"ISA: {' '.join(env['isa_flags'])} · torch CPU kernels: {env['torch_cpu_capability']}"
-                          f" · images/s = median of runs (spread = max-min over median)")
-    cols = ("model", "runtime", "precision", "input", "batch", "images/s", "spread", "p50 ms", "p90 ms", "p99 ms",
-            "GMAC/s", "% peak", "peak MB")
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("model", "runtime", "precision") else "right", no_wrap=True)
-    for row in report.rows:
-        c = row.case
-        base = [c.model, c.runtime.label, row.precision or "—", f"{c.input_size[0]}x{c.input_size[1]}", str(c.batch)]
-        if row.measurement is None:
-            table.add_row(*base, "[red]error ↓[/]", *[""] * (len(cols) - 6))
-            continue
-        m, p = row.measurement, row.measurement.pooled
-        mem = row.cuda_peak_mb if row.cuda_peak_mb is not None else row.peak_rss_mb
-        table.add_row(*base, f"{m.images_per_s:.1f}", f"{100 * m.spread:.1f}%", f"{p.p50:.2f}", f"{p.p90:.2f}",
-                      f"{p.p99:.2f}", f"{row.achieved_gmacs_per_s:.1f}",
-                      f"{100 * row.peak_fraction:.1f}" if row.peak_fraction else "—",
-                      f"{mem:.0f}" if mem is not None else "—")
-    console.print(table)
-    for row in report.rows:
-        if row.error:
-            console.print(f"[red]error[/] {row.case.model} · {row.case.runtime.label}: {escape(row.error)}", highlight=False)
-    assumptions = sorted({r.peak_assumption for r in report.rows if r.peak_assumption})
-    for a in assumptions:
-        console.print(f"[dim]peak assumed: {a}[/]", highlight=False)
 
 
 @app.command("bench-scan")
@@ -461,8 +711,74 @@ def report(
         console.print(f"plot written to {rep.plot(data, plot)}")
 
 
-def main() -> None:
-    app()
+def _take_debug_flag(args: list[str]) -> bool:
+    """Remove ``--debug`` wherever it appears before ``--`` (the root option, accepted after a command too)."""
+    end = args.index("--") if "--" in args else len(args)
+    found = _DEBUG_FLAG in args[:end]
+    args[:end] = [a for a in args[:end] if a != _DEBUG_FLAG]
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _environment_error(exc: BaseException) -> str | None:
+    """A line for failures caused by the machine, not by edgevit: no memory, a full or read-only disk."""
+    from .artifact import WRITE_ERRNOS
+
+    if isinstance(exc, MemoryError):
+        return "out of memory; try a smaller --input-size or --batch, or close other programs"
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"cannot write {where}{exc.strerror or exc}; free some space or choose a writable --output"
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``edgevit`` entry point: applies the exit codes of :mod:`edgevit.errors` to whatever the command
+    raises, so every mistake is one line and only a bug (exit 3) mentions a traceback, shown with --debug."""
+    try:
+        from typer._click import exceptions as usage  # typer >= 0.24 vendors click and raises its exceptions
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as usage  # type: ignore[no-redef]
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state["main_flag"] = _take_debug_flag(args)
+    _state["debug"] = debug = _state["main_flag"] or _debug_from_environment()
+    try:
+        code = app(args=args, prog_name="edgevit", standalone_mode=False)
+    except usage.NoArgsIsHelpError as exc:  # bare `edgevit` or `edgevit CMD`: the help, exit 2
+        exc.show()
+        code = exc.exit_code
+    except usage.ClickException as exc:  # usage errors: bad option, missing argument, bad value
+        where = f"; see: {exc.ctx.command_path} --help" if getattr(exc, "ctx", None) is not None else ""
+        _print_error(exc.format_message().replace("\n", " ") + where)
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        code = errors.EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place every other exception is classified
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        line = _environment_error(exc)
+        if isinstance(exc, EdgevitError):
+            _print_error(str(exc))
+            code = exc.exit_code
+        elif line is not None:
+            _print_error(line)
+            code = errors.EXIT_USER_ERROR
+        else:
+            _print_error(f"internal error ({_first_line(exc)}); this is a bug in edgevit. "
+                         f"Re-run with {_DEBUG_FLAG} to see the traceback, and please report it")
+            code = errors.EXIT_BUG
+    finally:
+        _state["main_flag"] = False
+    if code == errors.EXIT_INTERRUPTED:
+        _print_error("interrupted; nothing half-written was left behind")
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import VerificationError
+from .errors import EXIT_USER_ERROR, ArtifactError, VerificationError
 from .runtimes.base import Runner
 
 
 class OutputMismatchError(VerificationError, ValueError):
-    """The artifact's outputs differ from PyTorch's in names, shapes or batch axis (every difference listed)."""
+    """The artifact's outputs differ from PyTorch's in names, shapes or batch axis (every difference listed).
+
+    Exit code 2, not 1: the artifact is being compared with a model (or options) it was not exported from,
+    a mistake in the request rather than a numerical difference."""
+
+    exit_code = EXIT_USER_ERROR
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,12 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     """Structure first (:class:`OutputMismatchError` lists every difference), then the scale-free value check
     of every output, matched by name."""
     raise_structure_problems(structure_problems(reference, candidate))
+    for name, ref in reference.items():
+        if not np.isfinite(ref).all():
+            raise VerificationError(
+                f"the PyTorch reference output {name!r} itself is not finite ({int((~np.isfinite(ref)).sum())} "
+                "NaN/inf values), so there is nothing to compare against: the weights or the model overflow; "
+                "check the checkpoint")
     results = []
     for name, ref in reference.items():
         ref64, cand64 = ref.astype(np.float64), np.asarray(candidate[name]).astype(np.float64)
@@ -141,7 +152,8 @@ def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: 
         from .images import synthetic_images, to_tensor
 
         if candidate.metadata is None:
-            raise ValueError("a uint8-input artifact needs its edgevit metadata (mean/std) to be verified")
+            raise ArtifactError("a uint8-input artifact needs its edgevit metadata (mean/std) to be verified; "
+                                "re-export it with `edgevit export --embed-preprocess`")
         feed = synthetic_images(batch, input_size, seed)
         x = to_tensor(feed, candidate.metadata.mean, candidate.metadata.std)
     declared = batch_axis_problems(candidate)

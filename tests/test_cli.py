@@ -73,7 +73,7 @@ def test_bench_writes_json(tmp_path: Path) -> None:
                  "--resolutions", "64", "--batch-size", "2", "--iters", "2", "--repeats", "1", "--warmup", "1",
                  "--warmup-seconds", "0", "--min-seconds", "0", "--threads", "1", "--json", str(out))
     assert res.exit_code == 0, res.output
-    assert "images/s" in res.stdout
+    assert "img/s" in res.stdout
     data = json.loads(out.read_text())
     assert data["environment"]["threads"] == 1 and "libraries" in data["environment"]
     rows = data["results"]

@@ -24,6 +24,8 @@ MODEL = "s2aformer-mini"
 # without an entry here fails test_every_allowed_option_is_covered.
 CASES: dict[str, dict[str, tuple[Any, str]]] = {
     "onnx": {
+        "precision": ("int8", "changes"),  # agreement and the QDQ graph: tests/quantization/test_onnx_qdq.py
+        "calib_images": (Path("."), "refused: only applies to --precision int8"),
         "opset": (20, "changes"),
         "simplify": (False, "changes"),
         "scan": ("custom", "refused: has no selective scans"),  # s2aformer has none; A2Mamba's tested in its file
@@ -47,12 +49,36 @@ CASES: dict[str, dict[str, tuple[Any, str]]] = {
         "simplify": (False, "changes"),
         "scan": ("custom", "refused: has no selective scans"),
     },
+    "executorch": {
+        "delegate": ("portable", "changes"),
+        "xnnpack_forms": (False, "changes"),
+        "scan": ("custom", "refused: need the decomposed selective scan"),
+    },
+    "ort": {
+        "target_platform": ("amd64", "changes"),
+        "opset": (20, "changes"),
+        "simplify": (False, "changes"),
+        "scan": ("custom", "refused: has no selective scans"),
+    },
 }
 
 
 def test_every_allowed_option_is_covered() -> None:
     assert {name: set(fmt.cli_options) for name, fmt in formats.FORMATS.items()} == \
         {name: set(options) for name, options in CASES.items()}
+
+
+def test_every_format_option_is_a_field_and_a_flag_of_the_export_command() -> None:
+    import inspect
+
+    from edgevit.cli import export as export_command
+
+    params = inspect.signature(export_command).parameters
+    for fmt in formats.FORMATS.values():
+        fields = fmt.own_fields() | (formats.get_format(fmt.intermediate).own_fields() if fmt.intermediate else set())
+        assert set(fmt.cli_options) <= fields, fmt.name
+        for option in fmt.cli_options:  # None default: "given" means typed by the user, not "differs from default"
+            assert option in params and params[option].default is None, option
 
 
 @pytest.fixture
@@ -71,6 +97,8 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def artifact_bytes(path: Path) -> bytes:
     """The artifact's content (an IR folder: the IR itself, not its manifest)."""
+    if path.is_dir() and (path / "model.ort").exists():
+        return (path / "model.ort").read_bytes()
     if path.is_dir():
         return (path / "model.xml").read_bytes() + (path / "model.bin").read_bytes()
     return path.read_bytes()
@@ -81,7 +109,9 @@ def export(to: str, out: Path, **values: Any) -> Path:
                            verify=False).path
 
 
-@pytest.mark.parametrize("to", list(CASES))
+# ExecuTorch lowers three programs here (minutes on 2 cores): slow; its options are also covered, fast, on a
+# small network in tests/exporters/test_executorch.py.
+@pytest.mark.parametrize("to", [pytest.param(t, marks=pytest.mark.slow) if t == "executorch" else t for t in CASES])
 def test_every_allowed_option_changes_the_artifact_or_is_refused(to: str, tmp_path: Path,
                                                                  fake_tensorrt: None) -> None:
     baseline = artifact_bytes(export(to, tmp_path / "default"))
@@ -96,8 +126,9 @@ def test_every_allowed_option_changes_the_artifact_or_is_refused(to: str, tmp_pa
 
 
 @pytest.mark.parametrize("args,needle", [
-    (("--workspace", "2"), "--to onnx does not take --workspace; it takes --opset, --simplify/--no-simplify, --scan"),
-    (("--precision", "fp32"), "--to onnx does not take --precision"),  # given explicitly, even at a default value
+    (("--workspace", "2"), ("--to onnx does not take --workspace; it takes --precision, --calib-images, --opset, "
+                            "--simplify/--no-simplify, --scan")),
+    (("--embed-preprocess",), "--to onnx does not take --embed-preprocess"),  # given explicitly, even if false
     (("--to", "openvino", "--max-batch", "4", "--no-simplify"), "--to openvino does not take --max-batch; it takes"),
     (("--to", "tensorrt", "--embed-preprocess"), "--to tensorrt does not take --embed-preprocess"),
 ])

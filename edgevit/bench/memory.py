@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -48,3 +52,17 @@ class PeakRssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, current_rss_bytes())
+
+
+# Live tensors at the worst point of a forward pass, in units of the largest activation: the op's input and
+# output, a residual kept alive across the block, and the runtime's scratch (arenas, im2col/reorder buffers).
+# Calibrated against the issue's observation: s2aformer-t at batch 3000 had passed 21 GB RSS when it was killed,
+# i.e. >= 7 MB per image; this estimate gives 10 MB per image (largest activation 2.4 MB).
+LIVE_ACTIVATIONS = 4
+
+
+def estimate_case_bytes(weights_bytes: int, activation_bytes: int,
+                        input_size: tuple[int, int]) -> tuple[int, int]:
+    """Memory one benchmark case needs as (fixed, per image): two copies of the weights (PyTorch model +
+    runtime), and per image the input plus :data:`LIVE_ACTIVATIONS` of the largest activation."""
+    return 2 * weights_bytes, 3 * input_size[0] * input_size[1] * 4 + LIVE_ACTIVATIONS * activation_bytes

@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 from ..errors import ArtifactError
 from ..models.paper import PaperFigure, figures_for
+from .paper import paper_layout
 
 # Which paper column a measured runtime is compared with (the paper's "CPU" column is PyTorch on CPU, ...).
 _PAPER_RUNTIME = {"torch": "torch", "torch-cuda:fp32": "torch-cuda", "torch-cuda:fp16": "torch-cuda",
@@ -18,7 +21,9 @@ _PAPER_RUNTIME = {"torch": "torch", "torch-cuda:fp32": "torch-cuda", "torch-cuda
 
 CSV_FIELDS = ("model", "runtime", "precision", "scenario", "input_size", "batch", "threads", "images_per_s",
               "spread", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "params_m", "gmacs_per_image",
-              "achieved_gmacs_per_s", "peak_fraction", "peak_rss_mb", "cuda_peak_mb", "error")
+              "macs_convention", "gmacs_per_image_paper", "paper_macs_convention", "achieved_gmacs_per_s",
+              "roof_precision", "roof_gmacs_per_s", "roof_fraction", "peak_gmacs_per_s", "peak_fraction",
+              "load_mb", "infer_mb", "peak_rss_mb", "first_call_seconds", "cuda_peak_mb", "error")
 
 
 def load_results(path: str | Path) -> dict:
@@ -52,16 +57,21 @@ def _fmt(v: object, spec: str) -> str:
 def markdown(data: dict, compare_paper: bool = False) -> str:
     env = data["environment"]
     libs = ", ".join(f"{k} {v}" for k, v in env.get("libraries", {}).items())
-    lines = [
+    lines = []
+    if compare_paper:
+        layout = paper_layout(data)
+        if layout:
+            lines += [layout]
+    lines += [
         f"Measured on {env.get('cpu_model')} ({env.get('logical_cores')} logical cores, ISA "
         f"{' '.join(env.get('isa_flags', []))}), {env.get('threads')} threads"
         + (f", GPU {env['gpu']}" if env.get("gpu") else "") + f"; {libs}.",
         "",
     ]
     head = ["model", "runtime", "precision", "input", "batch", "images/s", "spread", "p50 ms", "p99 ms",
-            "GMAC/s", "% peak", "peak RSS MB"]
+            "GMAC/s (all ops)", "% measured roof", "% theoretical", "load MB", "inference MB", "reference images/s"]
     if compare_paper:
-        head += ["paper", "ours / paper", "paper hardware"]
+        head += ["GMACs (paper convention)", "paper", "ours / paper", "paper hardware"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: dict[str, str] = {}
     for r in data["results"]:
@@ -71,14 +81,19 @@ def markdown(data: dict, compare_paper: bool = False) -> str:
                      f"error: {r['error']}"] + [""] * (len(head) - 6)
             lines.append("| " + " | ".join(cells) + " |")
             continue
+        pct = lambda key: _fmt(100 * r[key] if r.get(key) else None, ".1f")  # noqa: E731
+        ref = r.get("reference") or {}
         cells = [r["model"], r["runtime"], r.get("precision") or "—", size, str(r["batch"]),
-                 _fmt(r.get("images_per_s"), ".1f"), _fmt(100 * r["spread"] if r.get("spread") is not None else None,
+                 _fmt(r.get("images_per_s"), ".2f"), _fmt(100 * r["spread"] if r.get("spread") is not None else None,
                                                           ".1f") + "%",
                  _fmt(r.get("latency_ms_p50"), ".2f"), _fmt(r.get("latency_ms_p99"), ".2f"),
-                 _fmt(r.get("achieved_gmacs_per_s"), ".1f"),
-                 _fmt(100 * r["peak_fraction"] if r.get("peak_fraction") else None, ".1f"),
-                 _fmt(r.get("peak_rss_mb"), ".0f")]
+                 _fmt(r.get("achieved_gmacs_per_s"), ".1f"), pct("roof_fraction"), pct("peak_fraction"),
+                 _fmt(r.get("load_mb"), ".0f"), _fmt(r.get("infer_mb"), ".0f"),
+                 (f"{ref['images_per_s']:.2f} ({ref['tool']})" if ref.get("images_per_s") else
+                  f"failed ({ref['tool']})" if ref else "—")]
         if compare_paper:
+            conv = r.get("paper_macs_convention")
+            cells.append(f"{r['gmacs_per_image_paper']:.3f} ({conv})" if r.get("gmacs_per_image_paper") else "—")
             fig = paper_figure(r)
             if fig is None:
                 cells += ["—", "—", "—"]
@@ -90,9 +105,15 @@ def markdown(data: dict, compare_paper: bool = False) -> str:
                 if fig.note:
                     notes[f"{fig.family} {fig.table}"] = fig.note
         lines.append("| " + " | ".join(cells) + " |")
-    assumptions = sorted({r["peak_assumption"] for r in data["results"] if r.get("peak_assumption")})
-    if assumptions:
-        lines += ["", "Peak assumed: " + "; ".join(assumptions) + "."]
+    lines.append("")
+    for p, roof in (env.get("roof") or {}).items():
+        th = roof["theoretical"]
+        lines.append(f"GEMM roof {p}: measured {_fmt(roof['gmacs_per_s'], '.1f')} GMAC/s ({roof['library']}, "
+                     f"{roof['gemm']}, {roof['threads']} threads); theoretical {_fmt(th['gmacs_per_s'], '.1f')} "
+                     f"GMAC/s = {th['source']}.")
+    lines.append("GMAC/s and both percentages count every op (all-op MACs); the paper column counts as the "
+                 "paper did. Memory: load = RSS growth while the runtime loaded the artifact (exported before); "
+                 "inference = RSS peak while running above the loaded state.")
     for where, note in notes.items():
         lines.append(f"{where}: {note}.")
     if compare_paper:
@@ -109,17 +130,27 @@ def to_csv(data: dict) -> str:
     return buf.getvalue()
 
 
-@dataclass(frozen=True)
-class _Point:
-    model: str
-    runtime: str
-    images_per_s: float
-    params_m: float
-    resolution: str
+# One marker per runtime in the scatter panels (no lines: different models are not a series).
+_MARKERS = "osD^vP*Xh<>"
 
 
 def plot(data: dict, out: str | Path) -> Path:
-    """Two panels: throughput per model and runtime (bars), and throughput vs parameters (one line per runtime)."""
+    """Render :func:`figure` to a PNG (written under a temporary name, renamed when complete)."""
+    fig = figure(data)
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def figure(data: dict) -> "matplotlib.figure.Figure":
+    """Three panels: images/s per model and runtime (bars, the paper's figure as a black marker on the bar of
+    the runtime it corresponds to), and images/s against params and against GMACs (labelled points)."""
     try:
         import matplotlib
 
@@ -127,46 +158,48 @@ def plot(data: dict, out: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ArtifactError("plotting needs matplotlib: pip install matplotlib") from exc
-    pts = [_Point(r["model"] + ("" if r["input_size"] == [224, 224] else f"@{r['input_size'][0]}"), r["runtime"],
-                  r["images_per_s"], r["params_m"] or 0.0, "x".join(map(str, r["input_size"])))
-           for r in data["results"] if not r.get("error") and r.get("images_per_s")]
-    if not pts:
+    rows = [r for r in data["results"] if not r.get("error") and r.get("images_per_s")]
+    if not rows:
         raise ArtifactError("no successful benchmark rows to plot")
-    models = list(dict.fromkeys(p.model for p in pts))
-    runtimes_ = list(dict.fromkeys(p.runtime for p in pts))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(models) + 6), 4.5))
+    label = lambda r: r["model"] + ("" if r["input_size"] == [224, 224] else f"@{r['input_size'][0]}")  # noqa: E731
+    models = list(dict.fromkeys(label(r) for r in rows))
+    runtimes_ = list(dict.fromkeys(r["runtime"] for r in rows))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(max(13, 1.4 * len(models) + 9), 4.8))
     width = 0.8 / len(runtimes_)
+    colors = {rt: f"C{j % 10}" for j, rt in enumerate(runtimes_)}
+    paper_drawn = False
     for j, rt in enumerate(runtimes_):
-        xs, ys = _series(pts, models, rt)
-        ax1.bar([x + j * width for x in xs], ys, width, label=rt)
-        for res in dict.fromkeys(p.resolution for p in pts):  # one curve per runtime and resolution
-            by_params = sorted((p.params_m, p.images_per_s) for p in pts if p.runtime == rt and p.resolution == res)
-            if by_params:
-                ax2.plot([a for a, _ in by_params], [b for _, b in by_params], "o-", label=f"{rt} {res}")
+        for r in (r for r in rows if r["runtime"] == rt):
+            x = models.index(label(r)) + j * width
+            ax1.bar(x, r["images_per_s"], width, color=colors[rt], label=rt)
+            fig_ = paper_figure(r) if r.get("scenario", "throughput") == "throughput" else None
+            if fig_ is not None and fig_.metric == "throughput":
+                ax1.plot([x], [fig_.value], marker="_", markersize=14, markeredgewidth=2.5, color="black",
+                         label="paper figure (its hardware)" if not paper_drawn else None)
+                paper_drawn = True
+    handles, labels = ax1.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax1.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left")
+    ax1.set_ylim(0, ax1.get_ylim()[1] * 1.3)  # headroom for the legend above the bars
     ax1.set_xticks([i + 0.4 - width / 2 for i in range(len(models))], models, rotation=30, ha="right")
     ax1.set_ylabel("images/s")
-    ax1.set_title("Throughput per model and runtime")
-    ax2.set_xlabel("parameters (M)")
-    ax2.set_ylabel("images/s")
-    ax2.set_title("Throughput vs parameters")
-    for ax in (ax1, ax2):
+    ax1.set_title("Throughput per runtime")
+    for ax, key, xlabel in ((ax2, "params_m", "parameters (M)"), (ax3, "gmacs_per_image", "GMACs per image (all ops)")):
+        for j, rt in enumerate(runtimes_):
+            pts = [r for r in rows if r["runtime"] == rt and r.get(key)]
+            ax.scatter([r[key] for r in pts], [r["images_per_s"] for r in pts], color=colors[rt],
+                       marker=_MARKERS[j % len(_MARKERS)], label=rt, zorder=3)
+            for r in pts:
+                ax.annotate(label(r), (r[key], r["images_per_s"]), textcoords="offset points", xytext=(4, 3),
+                            fontsize=7)
+        ax.margins(x=0.25, y=0.15)  # room for the point labels
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("images/s")
+        ax.set_title(f"Throughput vs {xlabel.split(' (')[0]}")
+        ax.legend(fontsize=7)
+    for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     env = data["environment"]
-    fig.suptitle(f"{env.get('cpu_model')} · {env.get('threads')} threads", fontsize=9)
+    fig.suptitle(f"ours: {env.get('cpu_model')} · {env.get('threads')} threads", fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
-
-
-def _series(pts: Sequence[_Point], models: list[str], runtime: str) -> tuple[list[int], list[float]]:
-    xs, ys = [], []
-    for i, m in enumerate(models):
-        for p in pts:
-            if p.model == m and p.runtime == runtime:
-                xs.append(i)
-                ys.append(p.images_per_s)
-    return xs, ys
+    return fig

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..artifact import ArtifactMetadata
 from ..errors import EdgevitError
+from ..quantization.calibration import CalibrationSource
 from .onnx_scan import DOMAIN as SCAN_DOMAIN
 from .onnx_scan import NODE_NAME as SCAN_NODE
 from .onnx_scan import attach_scan_functions, check_scan_mode, scan_export_mode, translation_table
@@ -48,11 +49,19 @@ class OnnxOptions:
     opset: int = DEFAULT_OPSET
     simplify: bool = True  # onnxslim constant folding and fusion
     scan: str = "decomposed"  # selective scan as standard ops, or one custom node (see onnx_scan)
+    precision: str = "fp32"  # or "int8": static QDQ (edgevit.quantization.onnx_qdq)
+    calib_images: Path | None = None  # int8: a folder of calibration images; None: the synthetic set
 
     def __post_init__(self) -> None:
         if self.opset not in OPSETS:
             raise EdgevitError(f"ONNX opset {self.opset} is not supported; choose {OPSETS[0]}..{OPSETS[-1]}")
         check_scan_mode(self.scan)
+        if self.calib_images is not None and self.precision != "int8":
+            raise EdgevitError("--calib-images only applies to --precision int8")
+        self.calibration().check()  # a missing or empty folder fails now, not after the export
+
+    def calibration(self) -> CalibrationSource:
+        return CalibrationSource(Path(self.calib_images) if self.calib_images is not None else None)
 
     def metadata(self) -> dict[str, str]:
         return {"scan": self.scan}
@@ -64,10 +73,19 @@ class OnnxOptions:
 def export_artifact(model: nn.Module, path: Path, options: OnnxOptions, metadata: ArtifactMetadata) -> ArtifactMetadata:
     """The ONNX row's exporter: ``model`` -> ``path`` for ``metadata``'s input size and batch (None: dynamic).
 
-    ``--scan custom`` on a model without selective scans would change nothing, so it is refused.
+    ``--scan custom`` on a model without selective scans would change nothing, so it is refused. int8: the
+    fp32 graph is quantized to QDQ from the calibration source (:mod:`edgevit.quantization.onnx_qdq`).
     """
-    export_onnx(model, path, OnnxExportOptions(metadata.input_size, metadata.batch or 1, metadata.batch is None,
-                                               options.opset, options.simplify, options.scan), metadata)
+    export_options = OnnxExportOptions(metadata.input_size, metadata.batch or 1, metadata.batch is None,
+                                       options.opset, options.simplify, options.scan)
+    if options.precision == "int8":
+        from ..quantization.onnx_qdq import export_int8
+
+        fp32_meta = metadata
+        metadata = export_int8(lambda fp32: export_onnx(model, fp32, export_options, fp32_meta), path,
+                               options.calibration(), metadata)
+    else:
+        export_onnx(model, path, export_options, metadata)
     if options.scan != "decomposed":
         proto = onnx.load(str(path), load_external_data=False)
         if not any((node.domain, node.op_type) == (SCAN_DOMAIN, SCAN_NODE) for node in proto.graph.node):
@@ -118,7 +136,7 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
         proto = _simplify(proto)
     proto.producer_name = "edgevit"
     props = metadata.to_props()
-    props["edgevit.opset"] = str(options.opset)
+    props["edgevit.opset"] = str(written_opset(proto))
     del proto.metadata_props[:]
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
@@ -126,6 +144,11 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
     path = Path(path)
     onnx.save(proto, str(path))
     return path
+
+
+def written_opset(proto: onnx.ModelProto) -> int:
+    """The default-domain opset the file really declares (what a runtime needs), not the one requested."""
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -142,4 +165,4 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
 def read_metadata(path: str | Path) -> ArtifactMetadata | None:
     """Edgevit metadata of an ONNX file (without loading its weights)."""
     proto = onnx.load(str(path), load_external_data=False)
-    return ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props})
+    return ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))

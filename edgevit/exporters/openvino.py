@@ -23,7 +23,7 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..artifact import PREFIX, ArtifactMetadata
+from ..artifact import PREFIX, ArtifactMetadata, read_manifest
 from ..errors import BackendUnavailableError, EdgevitError
-from ..images import fit_to, image_files, read_image, synthetic_images, to_tensor
+from ..models.int8_rules import KeepFloat, keep_float_rules
+from ..models.registry import get_model_card
+from ..quantization.calibration import CALIB_SEED, DEFAULT_CALIB_COUNT, CalibrationSource
+from ..quantization.float_rules import GraphView, kept_in_float
 from .onnx import OnnxOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -41,18 +44,21 @@ IR_FILE = "model.xml"
 MANIFEST_FILE = "manifest.json"
 RT_SECTION = "edgevit"
 PREPROCESS_U8 = "uint8-nhwc-rgb"  # value of the ``preprocess`` metadata key when it is embedded
-DEFAULT_CALIB_COUNT = 64  # synthetic calibration images
-MAX_CALIB_IMAGES = 300  # from a folder: NNCF's default subset size
-
-# NNCF must not quantize the producers of values that are compared or ranked (a token near a hashing
-# hyperplane or a top-k boundary changes branch under int8 noise: DualFormer's LSH, PartialFormer's
-# token selection) nor matrix products of exponentiated values: the selective scan's decay matrix
-# exp(segment sum) spans many orders of magnitude (A2Mamba), as do unnormalised exp weights (DualFormer). Softmax, LayerNorm (MVN) and GELU stay in float anyway
-# with ``ModelType.TRANSFORMER``.
-_DECISIONS = {"Greater", "GreaterEqual", "Less", "LessEqual", "Equal", "NotEqual", "TopK"}
-_QUANTIZABLE = {"MatMul", "Convolution", "GroupConvolution"}
-_SCAN_MARKERS = {"Exp", "CumSum"}
-_SEARCH_HOPS = 8
+# ONNX op type -> OpenVINO op types, so the families' keep-in-float rules (written in ONNX names,
+# edgevit.models.int8_rules) apply to an IR converted from that ONNX graph.
+OV_ALIASES: dict[str, frozenset[str]] = {
+    "Conv": frozenset({"Convolution", "GroupConvolution"}),
+    "ConvTranspose": frozenset({"ConvolutionBackpropData", "GroupConvolutionBackpropData"}),
+    "Gemm": frozenset({"MatMul"}),
+    "Softmax": frozenset({"SoftMax", "Softmax"}),
+    "LayerNormalization": frozenset({"MVN"}),
+    "InstanceNormalization": frozenset({"MVN"}),
+    "GroupNormalization": frozenset({"GroupNormalization", "MVN"}),
+    "BatchNormalization": frozenset({"BatchNormInference"}),
+    "GreaterOrEqual": frozenset({"GreaterEqual"}),
+    "LessOrEqual": frozenset({"LessEqual"}),
+    "Softplus": frozenset({"SoftPlus"}),
+}
 
 
 @dataclass(frozen=True)
@@ -64,18 +70,18 @@ class OpenVinoExportOptions:
     embed_preprocess: bool = False
     calib_images: Path | None = None  # a folder of images; None: deterministic synthetic calibration set
     calib_count: int = DEFAULT_CALIB_COUNT  # size of the synthetic set
-    calib_seed: int = 0
+    calib_seed: int = CALIB_SEED
     onnx: OnnxOptions = field(default_factory=OnnxOptions)
+
+    def calibration(self) -> CalibrationSource:
+        return CalibrationSource(self.calib_images, self.calib_count, self.calib_seed)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise EdgevitError(f"unknown OpenVINO precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.calib_images is not None and self.precision != "int8":
             raise EdgevitError("--calib-images only applies to --precision int8")
-        if self.calib_images is not None:
-            image_files(self.calib_images)  # a missing or empty folder fails now, not after the export
-        if self.calib_count < 1:
-            raise EdgevitError(f"the calibration set needs at least one image, got {self.calib_count}")
+        self.calibration().check()  # a missing or empty folder fails now, not after the export
 
     def metadata(self) -> dict[str, str]:
         return {"preprocess": PREPROCESS_U8 if self.embed_preprocess else "none"}
@@ -117,81 +123,37 @@ def read_onnx(path: str | Path) -> Any:
 
 
 def calibration_set(meta: ArtifactMetadata, options: OpenVinoExportOptions) -> tuple[list[np.ndarray], str]:
-    """Normalised NCHW float32 batches for NNCF, and a line saying where they came from.
-
-    Batches have the artifact's static batch size (or 1 for a dynamic batch). Images go through the
-    deployment preprocessing contract of :mod:`edgevit.images` (centre crop, bilinear resize, mean/std).
-    """
-    batch = meta.batch or 1
-    if options.calib_images is not None:
-        files = image_files(options.calib_images)[:MAX_CALIB_IMAGES]
-        images = np.stack([fit_to(read_image(f), meta.input_size) for f in files])
-        source = f"{len(files)} images from {Path(options.calib_images).resolve()}"
-    else:
-        images = synthetic_images(options.calib_count, meta.input_size, options.calib_seed)
-        source = (f"synthetic: {options.calib_count} deterministic smooth-noise images "
-                  f"(edgevit.images.synthetic_images, seed {options.calib_seed}); "
-                  "pass --calib-images DIR for a representative set")
-    x = to_tensor(images, meta.mean, meta.std)
-    if len(x) < batch:  # fewer images than one static batch: repeat them
-        x = np.concatenate([x] * -(-batch // len(x)))
-    usable = (len(x) // batch) * batch
-    return [x[i:i + batch] for i in range(0, usable, batch)], source
+    """Normalised NCHW float32 batches for NNCF (the artifact's static batch, 1 for a dynamic batch) from
+    the one calibration source of every INT8 export, and a line saying where they came from."""
+    source = options.calibration()
+    return source.batches(meta.input_size, meta.mean, meta.std, meta.batch), source.describe()
 
 
-def precision_sensitive_nodes(model: Any) -> dict[str, str]:
-    """Names of quantizable ops that must stay in float, with the reason (see ``_DECISIONS``)."""
-    keep: dict[str, str] = {}
-    for node in model.get_ops():
-        kind = node.get_type_name()
-        if kind in _DECISIONS:
-            for producer in _producers(node, _QUANTIZABLE):
-                keep.setdefault(producer.get_friendly_name(), f"feeds {kind} {node.get_friendly_name()}")
-        elif kind in _QUANTIZABLE and _reaches(node, _SCAN_MARKERS):
-            keep.setdefault(node.get_friendly_name(), f"product of exponentiated values ({kind} after Exp/CumSum)")
-    return keep
+def ov_graph_view(model: Any) -> GraphView[Any]:
+    """The keep-in-float rules' view of an ``ov.Model`` (constants and parameters end a search)."""
+    def inputs(node: Any) -> list[Any]:
+        producers = (i.get_source_output().get_node() for i in node.inputs())
+        return [p if p.get_type_name() not in ("Constant", "Parameter") else None for p in producers]
+
+    return GraphView(nodes=list(model.get_ordered_ops()), kind=lambda n: n.get_type_name(),
+                     name=lambda n: n.get_friendly_name(), inputs=inputs, aliases=OV_ALIASES)
 
 
-def _inputs(node: Any) -> Iterable[Any]:
-    return (i.get_source_output().get_node() for i in node.inputs())
+def precision_sensitive_nodes(model: Any, rules: Sequence[KeepFloat]) -> dict[str, str]:
+    """Names of the ops the family's rules keep in float, with the reason."""
+    return kept_in_float(ov_graph_view(model), rules)
 
 
-def _producers(node: Any, kinds: set[str]) -> list[Any]:
-    """The nearest ops of ``kinds`` upstream of ``node`` on every path (at most ``_SEARCH_HOPS`` deep)."""
-    found, frontier, seen = [], list(_inputs(node)), set()
-    for _ in range(_SEARCH_HOPS):
-        nxt = []
-        for n in frontier:
-            if id(n) in seen or n.get_type_name() in ("Constant", "Parameter"):
-                continue
-            seen.add(id(n))
-            if n.get_type_name() in kinds:
-                found.append(n)
-            else:
-                nxt.extend(_inputs(n))
-        frontier = nxt
-    return found
-
-
-def _reaches(node: Any, kinds: set[str], hops: int = 3) -> bool:
-    """True when an op of ``kinds`` is at most ``hops`` steps upstream (through reshapes/selects)."""
-    frontier = list(_inputs(node))
-    for _ in range(hops):
-        if any(n.get_type_name() in kinds for n in frontier):
-            return True
-        frontier = [p for n in frontier if n.get_type_name() not in _QUANTIZABLE for p in _inputs(n)]
-    return False
-
-
-def quantize_int8(model: Any, samples: Sequence[np.ndarray]) -> tuple[Any, dict[str, str]]:
+def quantize_int8(model: Any, samples: Sequence[np.ndarray], rules: Sequence[KeepFloat]) -> tuple[Any, dict[str, str]]:
     """NNCF post-training INT8 (mixed preset: symmetric weights, asymmetric activations) with the
-    transformer scheme and the precision-sensitive ops kept in float; returns the model and what was kept."""
+    transformer scheme and the ops of the family's keep-in-float ``rules`` left in float; returns the model
+    and what was kept."""
     try:
         import nncf
     except ImportError as exc:
         raise BackendUnavailableError("--precision int8 needs NNCF: pip install 'edgevit[openvino-int8]' "
                                       "(or pip install nncf)") from exc
-    keep = precision_sensitive_nodes(model)
+    keep = precision_sensitive_nodes(model, rules)
     with _stdout_to_stderr():
         quantized = nncf.quantize(
             model, nncf.Dataset(list(samples)), preset=nncf.QuantizationPreset.MIXED,
@@ -235,15 +197,16 @@ def set_metadata(model: Any, meta: ArtifactMetadata) -> None:
         model.set_rt_info(value, [RT_SECTION, key[len(PREFIX):]])
 
 
-def read_metadata(model: Any) -> ArtifactMetadata | None:
+def read_metadata(model: Any, source: str = "the IR") -> ArtifactMetadata | None:
     """Edgevit metadata from an ``ov.Model``'s rt_info: the ``edgevit`` section of an exported IR, or the
     ONNX metadata_props that the ONNX frontend puts under ``framework``; ``None`` for a foreign model."""
     if model.has_rt_info([RT_SECTION]):
         section = model.get_rt_info()[RT_SECTION]
-        return ArtifactMetadata.from_props({PREFIX + k: v.astype(str) for k, v in section.items()})
+        return ArtifactMetadata.from_props({PREFIX + k: v.astype(str) for k, v in section.items()}, source)
     if model.has_rt_info(["framework"]):
         section = model.get_rt_info()["framework"]
-        return ArtifactMetadata.from_props({k: v.astype(str) for k, v in section.items() if k.startswith(PREFIX)})
+        return ArtifactMetadata.from_props({k: v.astype(str) for k, v in section.items() if k.startswith(PREFIX)},
+                                           source)
     return None
 
 
@@ -264,7 +227,7 @@ def export_artifact(source: Path, directory: Path, options: OpenVinoExportOption
     notes: dict[str, Any] = {}
     if options.precision == "int8":
         samples, notes["calibration"] = calibration_set(meta, options)
-        model, notes["kept_in_float"] = quantize_int8(model, samples)
+        model, notes["kept_in_float"] = quantize_int8(model, samples, keep_float_rules(get_model_card(meta.model).family))
         meta = replace(meta, extra={**meta.extra, "calibration": notes["calibration"]})
     if options.embed_preprocess:
         model = embed_preprocessing(model, meta.mean, meta.std)
@@ -283,10 +246,8 @@ def record_parity(directory: Path, parity: dict[str, Any]) -> None:
 
 def read_artifact_metadata(directory: Path) -> ArtifactMetadata | None:
     """Edgevit metadata of an IR folder from its manifest (without OpenVINO)."""
-    path = directory / MANIFEST_FILE
-    if not path.exists():
-        return None
-    return ArtifactMetadata.from_props(json.loads(path.read_text()).get("metadata", {}))
+    manifest = read_manifest(directory / MANIFEST_FILE)
+    return None if manifest is None else ArtifactMetadata.from_props(manifest["metadata"], str(directory / MANIFEST_FILE))
 
 
 def write_manifest(directory: Path, meta: ArtifactMetadata, model: Any, extra: dict[str, Any]) -> Path:

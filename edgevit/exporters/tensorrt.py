@@ -8,11 +8,10 @@ verified on CPU is that every exported graph only uses operators the TensorRT ON
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifact import ArtifactMetadata
+from ..artifact import ArtifactMetadata, JsonManifest
 from ..cache import cache_dir
 from ..errors import BackendUnavailableError, EdgevitError
 from .onnx import OnnxOptions
@@ -91,8 +90,9 @@ class TensorRTBuildOptions:
 
 
 @dataclass(frozen=True)
-class EngineManifest:
+class EngineManifest(JsonManifest):
     """Written beside every engine: an engine only runs on the TensorRT version and GPU it was built for."""
+    REBUILD = "edgevit export MODEL --to tensorrt"
 
     tensorrt: str
     gpu: str
@@ -105,17 +105,6 @@ class EngineManifest:
     outputs: list[str]
     fp32_layers: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def read(cls, path: Path) -> EngineManifest:
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise EdgevitError(f"cannot read engine manifest {str(path)!r} ({exc}); rebuild the engine with "
-                               "`edgevit export MODEL --to tensorrt`") from exc
 
 
 def manifest_path(engine: Path) -> Path:

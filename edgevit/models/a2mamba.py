@@ -1,7 +1,7 @@
 """A2Mamba: Attention-augmented State Space Models for Visual Recognition (Lou, Fu, Yu; arXiv 2507.16624).
 
 Follows the official code (LMMMEng/A2Mamba ``models/a2mamba.py``) as digested in
-``shared/specs/a2mamba.md``: module names, parameter/buffer names and shapes are the official ones, so
+``docs/models/a2mamba.md``: module names, parameter/buffer names and shapes are the official ones, so
 an official checkpoint loads with ``strict=True``, and the fp32 forward is the official one. What is
 replaced, and why (spec §5):
 

@@ -2,11 +2,15 @@
 
 Accepts ``.pth``/``.pt`` (read with ``weights_only=True``: a checkpoint never runs code) and
 ``.safetensors``; the state dict may be plain or wrapped under ``state_dict``/``model``/``ema`` keys,
-and DataParallel ``module.`` prefixes are stripped. Any mismatch is reported key by key.
+and DataParallel ``module.`` prefixes are stripped. Any mismatch is reported key by key, and NaN weights
+are refused (infinite values are not: masks legitimately hold -inf). A pickle that would run code is
+refused in edgevit's own words: torch's message suggests ``weights_only=False``, which runs that code.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -21,6 +25,9 @@ _MAX_LISTED = 8
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a checkpoint file and unwrap it to a flat ``{name: tensor}`` dict."""
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {str(p)!r} is a directory; pass the path of the .pth/.pt/.safetensors "
+                              "file inside it")
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist; pass the path of a .pth/.pt/.safetensors file")
     try:
@@ -30,10 +37,25 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             obj: object = load_file(str(p), device="cpu")
         else:
             obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # no Python object asked for: the bytes are not a checkpoint
+            raise CheckpointError(f"cannot read checkpoint {str(p)!r} as a .pth/.pt/.safetensors file: it is "
+                                  "corrupted or not a checkpoint") from None
+        raise CheckpointError(_code_running_pickle(p, exc)) from None
     except Exception as exc:  # any parse failure is a bad file, not a bug
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {str(p)!r} as a .pth/.pt/.safetensors file: {first}") from exc
     return unwrap_state_dict(obj, str(p))
+
+
+def _code_running_pickle(path: Path, exc: Exception) -> str:
+    """edgevit's own line for a pickle that would run code: torch's message advises ``weights_only=False``,
+    i.e. running the file's code, which edgevit never does and never suggests."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    what = f" (it references {found.group(1)})" if found else ""
+    return (f"checkpoint {str(path)!r} contains Python objects other than tensors{what}; edgevit only reads "
+            "plain tensor checkpoints and never runs code from a file. Save the model's state_dict (torch.save(model."
+            "state_dict(), ...)) or a .safetensors file and pass that")
 
 
 def unwrap_state_dict(obj: object, origin: str = "checkpoint") -> dict[str, Tensor]:
@@ -88,4 +110,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     if problems:
         name = getattr(getattr(model, "card", None), "name", type(model).__name__)
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit {name}: " + "; ".join(problems))
+    nan = [k for k, v in sd.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+    if nan:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds NaN values in {_listing(nan)}; the weights are "
+                              "broken (a diverged training run or a bad conversion): use another checkpoint")
     model.load_state_dict(sd, strict=True)

@@ -1,6 +1,6 @@
 """DualFormer: Dual Path Transformer with Partition Attention (Jiang et al., arXiv 2305.14768).
 
-No official code or checkpoints exist; this is the reconstruction of ``shared/specs/dualformer.md``
+No official code or checkpoints exist; this is the reconstruction of ``docs/models/dualformer.md``
 (numbered assumptions 1-12 there; MPViT scaffolding, MBConv local path, LSH partition attention).
 
 Multi-Head Partition Attention (MHPA) groups tokens by locality-sensitive hashing and pools them per
@@ -263,7 +263,7 @@ _VARIANTS = (
 )
 
 _NOTES = (
-    "No official code or checkpoints; architecture is a reconstruction per shared/specs/dualformer.md "
+    "No official code or checkpoints; architecture is a reconstruction per docs/models/dualformer.md "
     "(MPViT stem/embeddings/head, MBConv+SE local path, MHPA with 8 heads, K=4 LSH partitions per head, "
     "fixed seeded hyperplanes stored as buffer 'beta', MHPA downsample (2,2,1,1)). FFN ratios are a fit to "
     "the paper's counts: {ratios}{extra}. MACs follow fvcore (the paper's GFLOPs are MACs): conv, linear "

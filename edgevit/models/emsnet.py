@@ -1,6 +1,6 @@
 """EMSNet: Efficient Multi-scale Spatial interaction network (Vo, dissertation, Univ. of Ulsan 2023, ch. 3).
 
-No official code exists; this is the budget-matched reconstruction of ``shared/specs/emsnet.md`` (assumptions
+No official code exists; this is the budget-matched reconstruction of ``docs/models/emsnet.md`` (assumptions
 E1-E14 there). Every EMS block splits its channels into a convolutional ("static") half and an attention
 ("dynamic") half; each half samples the map at several rates (patch embedding = pool + 1x1), mixes the sparse
 tokens and propagates them back with a depthwise transposed conv.
@@ -416,7 +416,7 @@ _VARIANTS = (
 
 _COMMON_NOTES = (
     "Reconstruction: no official code or checkpoints; split ratios, kernels (DW 7x7, coordinate 1x7/7x1), "
-    "heads, block skeleton and projections are fitted assumptions E1-E14 of shared/specs/emsnet.md; "
+    "heads, block skeleton and projections are fitted assumptions E1-E14 of docs/models/emsnet.md; "
     "state_dict keys are edgevit's. MACs convention: conv + linear + attention matmuls. Latency hardware "
     "(dissertation Table 3.6 footnote): CPU Intel Core i5-6600 @ 3.30 GHz, GPU Tesla V100; batch, "
     "precision, threads and software not stated, so the ms figures are not converted to images/s. Any "

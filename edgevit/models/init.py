@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 
 import torch
 from torch import Tensor, nn
@@ -104,14 +105,21 @@ def _norm_affine(m: nn.Module, g: torch.Generator) -> None:
         m.bias.copy_(_normal(m.bias.shape, 0.2, g))
 
 
-def _family_rules(model: nn.Module, g: torch.Generator) -> None:
+def _generator(seed: int, name: str) -> torch.Generator:
+    """One generator per module, keyed by its qualified name: a module's draw does not depend on which other
+    modules exist, so ``features_only`` (no classifier) gets exactly the stages of the full model."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
+def _family_rules(model: nn.Module, seed: int) -> None:
     """Per-kind values for the parameters whose generic draw would leave an operation silent."""
     from .a2mamba import A2SSM, MASS, LayerScale
     from .dualformer import Importance
     from .mat import BilinearPatchEmbed, MatAttention
     from .partialformer import PartialAttention
 
-    for m in model.modules():
+    for name, m in model.named_modules():
+        g = _generator(seed, name + '#family')
         if isinstance(m, A2SSM):
             dim, rank = m.Ds.shape[0], m.dt_rank
             m.A_logs.copy_(torch.log(_uniform(m.A_logs.shape, 0.25, 2.0, g)))
@@ -145,13 +153,14 @@ def _family_rules(model: nn.Module, g: torch.Generator) -> None:
 
 
 @torch.no_grad()
-def _measure_batchnorm_statistics(model: nn.Module, g: torch.Generator) -> None:
+def _measure_batchnorm_statistics(model: nn.Module, seed: int) -> None:
     """Set every BatchNorm's running statistics from its input in one eval forward of a seeded batch.
 
     A pre-hook runs before each BN, so a BN sees inputs produced with the statistics already set
     upstream: one pass calibrates the whole network in order.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = {m: _generator(seed, name + "#stats") for name, m in model.named_modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     if not bns:
         return
 
@@ -159,6 +168,7 @@ def _measure_batchnorm_statistics(model: nn.Module, g: torch.Generator) -> None:
         x = args[0].transpose(0, 1).flatten(1).double()  # (C, everything else)
         mean, var = x.mean(1), x.var(1, unbiased=False)
         std = var.clamp_min(1e-6).sqrt()
+        g = bns[bn]
         bn.running_mean.copy_(mean + _normal(mean.shape, 0.1, g).double() * std)
         bn.running_var.copy_(var.clamp_min(1e-6) * _uniform(var.shape, 0.7, 1.3, g).double())
 
@@ -166,7 +176,8 @@ def _measure_batchnorm_statistics(model: nn.Module, g: torch.Generator) -> None:
     was_training = model.training
     try:
         model.eval()
-        x = _normal(torch.Size((CALIBRATION_BATCH, 3, CALIBRATION_SIZE, CALIBRATION_SIZE)), 1.0, g)
+        x = _normal(torch.Size((CALIBRATION_BATCH, 3, CALIBRATION_SIZE, CALIBRATION_SIZE)), 1.0,
+                    _generator(seed, "#calibration-input"))
         model(x)
     finally:
         for h in hooks:
@@ -177,12 +188,11 @@ def _measure_batchnorm_statistics(model: nn.Module, g: torch.Generator) -> None:
 @torch.no_grad()
 def reference_init(model: nn.Module, seed: int = 0) -> nn.Module:
     """Overwrite ``model``'s parameters and norm statistics with the reference weights for ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
+    for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            _dense(m, g)
+            _dense(m, _generator(seed, name))
         elif isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
-            _norm_affine(m, g)
-    _family_rules(model, g)
-    _measure_batchnorm_statistics(model, g)
+            _norm_affine(m, _generator(seed, name))
+    _family_rules(model, seed)
+    _measure_batchnorm_statistics(model, seed)
     return model

@@ -1,7 +1,7 @@
 """MAT: Mixing Abstract Tokens (Vo, dissertation "Efficient Vision Transformers with Multi-Scale and Partial
 Attentions for Object Recognition", University of Ulsan 2023, chapter 4).
 
-No official code exists; this is the reconstruction of ``shared/specs/mat.md`` (assumptions M1-M11 there),
+No official code exists; this is the reconstruction of ``docs/models/mat.md`` (assumptions M1-M11 there),
 with edgevit-defined module names. Export-friendly choices, each identical to the spec's pseudo-code (the
 tests hold the direct formulations and prove the equality):
 
@@ -413,7 +413,7 @@ def _register() -> None:
                 source="Table 4.3 (params, GFLOPs = MACs incl. attention matmuls), Table 4.4 (top-1), "
                        "Table 4.9 (V100 images/s)",
             ),
-            notes="No official code or checkpoints; architecture reconstructed per shared/specs/mat.md "
+            notes="No official code or checkpoints; architecture reconstructed per docs/models/mat.md "
                   "(stem norms, MLP depth-wise conv, projection layout, Bilinear PE internals and the "
                   "1280-wide head are assumptions M1-M11, calibrated on the Table 4.9 ablation). Any input "
                   "that is a multiple of 32 works; sizes whose stride-16/32 maps are not multiples of 7 "

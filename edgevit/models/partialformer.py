@@ -1,6 +1,6 @@
 """PartialFormer: vision Transformer with partial attention (Vo, dissertation ch. 5 / ECCV 2024).
 
-No official code exists; this is the reconstruction of ``shared/specs/partialformer.md`` (assumptions
+No official code exists; this is the reconstruction of ``docs/models/partialformer.md`` (assumptions
 A1-A13 there, calibrated so params and MACs land within 1 % of Table 5.1).
 
 Partial attention splits the N tokens of a block into a small *foreground* set (the top-N_F tokens by
@@ -324,7 +324,7 @@ _VARIANTS = (
 )
 
 _NOTES = (
-    "No official code or checkpoints: the architecture is a reconstruction per shared/specs/partialformer.md "
+    "No official code or checkpoints: the architecture is a reconstruction per docs/models/partialformer.md "
     "(widths C*(1,2,4,8), conv patch embeddings, context score on pre-norm tokens, N_F = min(49, N//4), "
     "HeadMLP e=4, SQA ChannelMLP r=8, shared W_O on all tokens and the 1280-wide head are fitted "
     "assumptions A1-A13); state_dict keys are edgevit's own. Reported GFLOPs are multiply-accumulates "

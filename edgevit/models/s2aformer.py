@@ -1,6 +1,6 @@
 """S2AFormer: Strip Self-Attention for Efficient Vision Transformer (Xu et al., IEEE TIP 2025).
 
-No official code exists; this is the reconstruction of ``shared/specs/s2aformer.md`` (assumptions A1-A12
+No official code exists; this is the reconstruction of ``docs/models/s2aformer.md`` (assumptions A1-A12
 there). Export-friendly choices, all mathematically identical to the spec's pseudo-code:
 
 * the strip score ``q @ k`` has inner dimension 1, so it is a broadcast multiply (hazard 3) rather than
@@ -180,7 +180,7 @@ def _register() -> None:
                 throughput=throughput_for(f"s2aformer-{v.name}"),
                 source="Table IV (params/GMACs/top-1), Table VII (images/s)",
             ),
-            notes="No official code or checkpoints; architecture reconstructed per shared/specs/s2aformer.md "
+            notes="No official code or checkpoints; architecture reconstructed per docs/models/s2aformer.md "
                   "(stem, heads, SR ratios, LIM/MLP internals and the 2048-wide head are fitted assumptions).",
             options=(NUM_CLASSES,
                      ModelOption("mlp_dw", "bool", "depth-wise conv inside the MLP (an ablation)")),

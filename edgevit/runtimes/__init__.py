@@ -40,6 +40,9 @@ register_backend(Backend("torch", "edgevit.runtimes.torch_backend", "TorchRunner
 register_backend(Backend("onnxruntime", "edgevit.runtimes.onnxruntime_backend", "OnnxRuntimeRunner",
                          (".onnx",), "onnxruntime"))
 register_backend(Backend("openvino", "edgevit.runtimes.openvino_backend", "OpenVinoRunner", (".xml",), "openvino"))
+register_backend(Backend("executorch", "edgevit.runtimes.executorch_backend", "ExecuTorchRunner", (".pte",),
+                         "edgevit[executorch]"))
+register_backend(Backend("ort", "edgevit.runtimes.ort_format_backend", "OrtFormatRunner", (".ort",), "onnxruntime"))
 register_backend(Backend("tensorrt", "edgevit.runtimes.tensorrt_backend", "TensorRTRunner", (".engine", ".plan"),
                          "edgevit[tensorrt]"))
 
@@ -72,17 +75,30 @@ def backend_for_path(path: Path) -> str:
                         "or pass --runtime")
 
 
+def check_counts(**counts: int | None) -> None:
+    """``threads``/``streams`` given as options must be positive integers (``None``: the runtime's default);
+    checked before any runtime is loaded so a typo costs nothing."""
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EdgevitError(f"--{name} must be a whole number of at least 1 (or left out for the default), "
+                               f"got {value!r}")
+
+
 def load(source: nn.Module | str | Path, backend: str | None = None, **options: Any) -> Runner:
     """Load a model or artifact into a runner; ``options`` go to the backend (e.g. ``threads``)."""
+    check_counts(**{k: options[k] for k in ("threads", "streams") if k in options})
     if isinstance(source, nn.Module):
         return _factory(backend or "torch")(source, **options)
     path = Path(source)
-    if backend is None and not path.suffix and not path.is_dir():
-        backend = "torch"  # a registry name such as "s2aformer-t"
-    if backend == "torch" and not path.suffix:
+    # a registry name such as "s2aformer-t" has no suffix and no folder part; anything else is a path
+    looks_like_path = bool(path.suffix) or "/" in str(source) or "\\" in str(source) or path.exists()
+    if backend is None and not looks_like_path:
+        backend = "torch"
+    if backend == "torch" and not path.suffix and not path.exists():
         return _factory("torch")(str(source), **options)
     if not path.exists():
-        raise ArtifactError(f"artifact {str(path)!r} does not exist; export one with `edgevit export`")
+        raise ArtifactError(f"no such file or folder {str(path)!r} (the artifact does not exist); export one with "
+                            "`edgevit export`")
     return _factory(backend or backend_for_path(path))(path, **options)
 
 

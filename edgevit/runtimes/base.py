@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..artifact import ArtifactMetadata
-from ..errors import InputShapeError
+from ..errors import InputShapeError, InputTypeError
 
 Dim = int | str  # a string names a dynamic axis (e.g. "batch")
 
@@ -37,11 +37,34 @@ class RunnerInfo:
     details: dict[str, str] = field(default_factory=dict)
 
 
+def check_dtype(spec: TensorSpec, got: np.dtype, backend: str) -> None:
+    """Refuse an input the runtime would only take through a lossy cast, which runs and returns wrong
+    results (uint8 pixels read as normalised floats, float pixels wrapped into uint8, bool/complex).
+
+    Float inputs of any width go to float models (float64 -> float32 rounds within fp32 tolerance and is
+    what numpy produces by default); integer models take integers that cast safely (uint8 -> int64).
+    """
+    want = np.dtype(spec.dtype)
+    ok = got.kind == "f" if want.kind == "f" else got.kind in "iu" and np.can_cast(got, want, "safe")
+    if ok:
+        return
+    if want == np.uint8:
+        fix = ("this artifact embeds the preprocessing and takes raw uint8 NHWC RGB images (0-255): pass the "
+               "frames as uint8, not normalised floats")
+    elif want.kind == "f" and got.kind in "iub":
+        fix = (f"normalise images to {want} first (edgevit.images.to_tensor does mean/std), or cast with "
+               f".astype(np.{want})")
+    else:
+        fix = f"pass a {want} array"
+    raise InputTypeError(f"input {spec.name!r} is {got}, but the {backend} model takes {want}; {fix}")
+
+
 class Runner(ABC):
     """A loaded model ready for inference.
 
     ``run`` accepts one array (for single-input models) or a name->array mapping and returns outputs
-    by name, in the order of ``outputs``.
+    by name, in the order of ``outputs``. Inputs are checked first: shape, and a dtype the model takes
+    without a lossy cast (:func:`check_dtype`).
     """
 
     inputs: list[TensorSpec]
@@ -79,7 +102,9 @@ class Runner(ABC):
         for spec in self.inputs:
             if spec.name not in feeds:
                 raise InputShapeError(f"missing input {spec.name!r}; the model takes {[s.name for s in self.inputs]}")
-            arr = np.ascontiguousarray(feeds[spec.name], dtype=spec.dtype)
+            given = np.asarray(feeds[spec.name])
+            check_dtype(spec, given.dtype, self.backend)
+            arr = np.ascontiguousarray(given, dtype=spec.dtype)
             if not spec.accepts(arr.shape):
                 raise InputShapeError(
                     f"input {spec.name!r} has shape {tuple(arr.shape)}, the {self.backend} model expects {spec.shape}"

@@ -34,11 +34,15 @@ class OnnxRuntimeRunner(Runner):
                        for i in self.session.get_inputs()]
         self.outputs = [TensorSpec(o.name, _dims(o.shape), _ORT_TYPES.get(o.type, "float32"))
                         for o in self.session.get_outputs()]
-        self.metadata = ArtifactMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata = ArtifactMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, str(path))
         provider = self.session.get_providers()[0]
         precision = "fp16" if self.inputs and self.inputs[0].dtype == "float16" else "fp32"
-        self.info = RunnerInfo("onnxruntime", precision, "cuda" if "CUDA" in provider else "cpu",
-                               threads, {"provider": provider, "onnxruntime": ort.__version__})
+        details = {"provider": provider, "onnxruntime": ort.__version__}
+        stored = self.metadata.extra.get("precision") if self.metadata else None
+        if stored == "int8":  # a QDQ model: quantized ops run integer kernels, the rest float
+            precision = f"int8+{precision}"
+            details["model_precision"] = stored
+        self.info = RunnerInfo("onnxruntime", precision, "cuda" if "CUDA" in provider else "cpu", threads, details)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(None, feeds)

@@ -9,13 +9,12 @@ the report says so).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..artifact import ArtifactMetadata
+from ..artifact import ArtifactMetadata, read_manifest
 from ..errors import ArtifactError, EdgevitError
 from .base import Runner, RunnerInfo, TensorSpec
 
@@ -43,6 +42,7 @@ class OpenVinoRunner(Runner):
             raise EdgevitError(f"unknown OpenVINO precision {precision!r}; choose fp32, fp16, bf16 or default")
         core = ov.Core()
         model, self.manifest = _read_model(core, Path(path))
+        self.path = Path(path)
         config: dict[str, Any] = {}
         if _HINTS[precision] is not None:
             config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
@@ -75,9 +75,9 @@ class OpenVinoRunner(Runner):
     def _metadata(self, model: Any) -> ArtifactMetadata | None:
         from ..exporters.openvino import read_metadata
 
-        meta = read_metadata(model)
+        meta = read_metadata(model, str(self.path))
         if meta is None and self.manifest is not None:
-            meta = ArtifactMetadata.from_props(self.manifest.get("metadata", {}))
+            meta = ArtifactMetadata.from_props(self.manifest["metadata"], str(manifest_file(self.path)))
         return meta
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -88,14 +88,20 @@ class OpenVinoRunner(Runner):
 
 def _read_model(core: Any, path: Path) -> tuple[Any, dict[str, Any] | None]:
     """Find and read the model: a folder holds ``model.xml`` (and ``manifest.json``)."""
-    from ..exporters.openvino import IR_FILE, MANIFEST_FILE, read_onnx
+    from ..exporters.openvino import IR_FILE, read_onnx
 
     if path.is_dir():
         if not (path / IR_FILE).exists():
             raise ArtifactError(f"{str(path)!r} holds no {IR_FILE}; export one with `edgevit export MODEL --to openvino`")
         path = path / IR_FILE
-    manifest_path = path.parent / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if path.suffix == ".xml" and manifest_path.exists() else None
+    manifest = read_manifest(manifest_file(path)) if path.suffix.lower() == ".xml" else None
+    if path.suffix.lower() == ".xml":
+        weights = path.with_suffix(".bin")
+        if manifest is not None:
+            weights = path.parent / manifest["files"].get("bin", weights.name)
+        if not weights.exists():
+            raise ArtifactError(f"{str(path.parent)!r} is missing {weights.name}, the IR's weights next to "
+                                f"{path.name}; copy the whole IR folder, or re-export it")
     try:
         if path.suffix.lower() == ".onnx":
             return read_onnx(path), None
@@ -105,6 +111,13 @@ def _read_model(core: Any, path: Path) -> tuple[Any, dict[str, Any] | None]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ArtifactError(f"OpenVINO cannot read {str(path)!r}: {first}") from exc
     raise ArtifactError(f"OpenVINO reads an IR folder, a .xml or a .onnx file, not {str(path)!r}")
+
+
+def manifest_file(path: Path) -> Path:
+    """The manifest of an IR given as its folder or its ``.xml``."""
+    from ..exporters.openvino import MANIFEST_FILE
+
+    return (path if path.is_dir() else path.parent) / MANIFEST_FILE
 
 
 def _spec(port: Any) -> TensorSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -20,7 +21,7 @@ FAST = bench.TimingPolicy(warmup_iters=1, warmup_seconds=0.0, iters=2, min_secon
 @pytest.fixture(scope="module")
 def results() -> dict:
     rep = bench.run(["s2aformer-mini"], ["torch", "onnxruntime"], scenario="throughput",
-                    resolutions=["64", "96x64"], batches=[2, 1], threads=1, policy=FAST)
+                    resolutions=["64", "96x64"], batches=[2, 1], threads=1, policy=FAST, roof_seconds=0.05)
     return rep.to_dict()
 
 
@@ -35,22 +36,31 @@ def test_rows_cover_resolutions_and_runtimes(results: dict) -> None:
         assert r["precision"] == "fp32" and r["threads"] == 1
         assert r["peak_rss_mb"] > 0 and r["peak_gmacs_per_s"] > 0 and "MAC/cycle" in r["peak_assumption"]
         assert r["achieved_gmacs_per_s"] == pytest.approx(r["gmacs_per_image"] * r["images_per_s"])
+        assert r["roof_precision"] == "fp32" and r["roof_gmacs_per_s"] > 0
+        assert r["roof_fraction"] == pytest.approx(r["achieved_gmacs_per_s"] / r["roof_gmacs_per_s"])
+        assert r["load_mb"] is not None and r["infer_mb"] is not None and r["first_call_seconds"] > 0
+        # one MAC convention per column: all-op for efficiency, the paper's (conv+linear) beside it
+        assert r["macs_convention"] == "all" and r["paper_macs_convention"] == "conv+linear"
+        assert 0 < r["gmacs_per_image_paper"] < r["gmacs_per_image"]
     # MACs scale with the pixel count: 96x64 has 1.5x the pixels of 64x64
     assert rows[2]["gmacs_per_image"] / rows[0]["gmacs_per_image"] == pytest.approx(1.5, rel=0.05)
     env = results["environment"]
     assert env["scenario"] == "throughput" and env["threads"] == 1 and env["isa_flags"] is not None
+    assert env["roof"]["fp32"]["gmacs_per_s"] > 0 and env["roof"]["fp32"]["threads"] == 1
 
 
 def test_benchmark_restores_the_process_thread_count() -> None:
     import torch
 
     torch.set_num_threads(2)
-    bench.run(["s2aformer-mini"], ["onnxruntime"], resolutions=["64"], batches=[1], threads=1, policy=FAST)
+    bench.run(["s2aformer-mini"], ["onnxruntime"], resolutions=["64"], batches=[1], threads=1, policy=FAST,
+              roof_seconds=0.05)
     assert torch.get_num_threads() == 2
 
 
 def test_failing_runtime_is_a_row_not_a_crash() -> None:
-    rep = bench.run(["s2aformer-mini"], ["openvino:bf16"], resolutions=["64"], batches=[1], threads=1, policy=FAST)
+    rep = bench.run(["s2aformer-mini"], ["openvino:bf16"], resolutions=["64"], batches=[1], threads=1, policy=FAST,
+                    roof_seconds=0)
     (row,) = rep.to_dict()["results"]
     # either OpenVINO ran (then it reports its precision and a rate) or the row carries the reason and no rate
     if row["error"] is None:
@@ -67,6 +77,9 @@ def test_runtime_aliases_and_validation() -> None:
         parse_runtimes(["tensorrt"], "cpu")
     with pytest.raises(EdgevitError, match="one per resolution"):
         bench.run(["s2aformer-mini"], ["torch"], resolutions=["64", "96"], batches=[1, 2, 3], policy=FAST)
+    assert [s.label for s in parse_runtimes(["torch-compile", "torch:channels-last", "torch:bf16"], "cpu")] == [
+        "torch-compile", "torch:channels-last", "torch:bf16"]
+    assert parse_runtimes(["torch-compile"], "cpu")[0].options(2, None)["compile"] is True
     with pytest.raises(EdgevitError, match="latency scenario runs batch 1"):
         bench.run(["s2aformer-mini"], ["torch"], scenario="latency", batches=[8], policy=FAST)
     assert default_batch("latency", "cpu", (224, 224)) == 1
@@ -86,7 +99,7 @@ def test_cuda_is_refused_cleanly_without_gpu() -> None:
 
 def test_markdown_csv_and_plot(results: dict, tmp_path: Path) -> None:
     md = report.markdown(results)
-    assert md.count("| s2aformer-mini |") == 4 and "Peak assumed" in md
+    assert md.count("| s2aformer-mini |") == 4 and "GEMM roof fp32: measured" in md and "all-op MACs" in md
     rows = list(csv.DictReader(io.StringIO(report.to_csv(results))))
     assert len(rows) == 4 and rows[1]["runtime"] == "onnxruntime" and float(rows[1]["images_per_s"]) > 0
     out = report.plot(results, tmp_path / "p.png")
@@ -128,12 +141,93 @@ def test_benchmark_a_users_artifact(tmp_path: Path) -> None:
 
     out = pipeline.export("s2aformer-mini", output=tmp_path / "mini.onnx", input_size="64x96", batch=2,
                           verify=False).path
-    rep = bench.run([], ["onnxruntime", "openvino:f32"], artifact=out, threads=1, policy=FAST).to_dict()
+    rep = bench.run([], ["onnxruntime", "openvino:f32"], artifact=out, threads=1, policy=FAST, reference=True,
+                    roof_seconds=0).to_dict()
     rows = rep["results"]
     assert [(r["model"], r["runtime"], r["input_size"], r["batch"]) for r in rows] == [
         ("s2aformer-mini", "onnxruntime", [64, 96], 2), ("s2aformer-mini", "openvino:f32", [64, 96], 2)]
     assert all(r["error"] is None and r["images_per_s"] > 0 for r in rows), rows
+    # the runtimes' own tools ran on the user's file with the same threads, beside edgevit's figure
+    ort_ref, ov_ref = rows[0]["reference"], rows[1]["reference"]
+    assert ort_ref["images_per_s"] > 0 and str(out) in ort_ref["command"], ort_ref
+    assert ov_ref["tool"] == "benchmark_app" and ov_ref["images_per_s"] > 0, ov_ref
+    assert f"-m {out} " in ov_ref["command"] and "-nthreads 1" in ov_ref["command"]
+    assert "-infer_precision f32" in ov_ref["command"]
     with pytest.raises(EdgevitError, match="fixed batch of 2"):
         bench.run([], ["onnxruntime"], artifact=out, batches=[4], policy=FAST)
     with pytest.raises(EdgevitError, match="does not exist"):
         bench.run([], ["onnxruntime"], artifact=tmp_path / "none.onnx", policy=FAST)
+
+
+def test_torch_variants_run_and_a_failing_compile_is_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    class InductorFailure(Exception):  # torch.compile raises many exception types, not only RuntimeError
+        pass
+
+    def broken_compile(*_a: object, **_k: object) -> None:
+        raise InductorFailure("inductor: C++ compile failed")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    rep = bench.run(["s2aformer-mini"], ["torch-compile", "torch:channels-last"], resolutions=["64"], batches=[1],
+                    threads=1, policy=FAST, roof_seconds=0).to_dict()
+    failed, cl = rep["results"]
+    assert failed["runtime"] == "torch-compile" and failed["error"] == "inductor: C++ compile failed"
+    assert cl["error"] is None and cl["details"]["memory_format"] == "channels_last" and cl["images_per_s"] > 0
+
+
+def test_export_happens_outside_the_measured_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgevit import pipeline
+    from edgevit.bench import suite
+
+    active: list[bool] = []
+    sampling = [0]
+
+    class Spy(suite.PeakRssSampler):
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            sampling[0] += 1
+            return super().__enter__()
+
+        def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+            sampling[0] -= 1
+            return super().__exit__(*exc)
+
+    real = pipeline.cached_onnx
+
+    def spy_cached_onnx(*args, **kwargs):  # type: ignore[no-untyped-def]
+        active.append(sampling[0] > 0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(suite, "PeakRssSampler", Spy)
+    monkeypatch.setattr(pipeline, "cached_onnx", spy_cached_onnx)
+    bench.run(["s2aformer-mini"], ["onnxruntime"], resolutions=["64"], batches=[1], threads=1, policy=FAST,
+              roof_seconds=0)
+    assert active == [False]
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgevit import resources
+    from edgevit.bench import suite
+
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(suite, "run_case", lambda *a, **k: pytest.fail("a case ran"))
+    with pytest.raises(EdgevitError, match=r"batch 100000 needs about \d+\.\d GB \(estimate\), but 8\.6 GB .*"
+                                           r"use --batch-size \d+ or less"):
+        bench.run(["s2aformer-mini"], ["torch"], resolutions=["64"], batches=[100000], policy=FAST)
+    # the estimate grows with the batch: the suggested batch itself is accepted by the check
+    (item,) = suite._plan(["s2aformer-t"], [None], [3000], "throughput", "cpu")
+    assert item.needs_bytes > 20e9  # the issue saw > 21 GB RSS before the OOM kill
+    fits = int((0.9 * 8 * 2**30 - item.fixed_bytes) / item.per_image_bytes)
+    suite._check_memory([dataclasses.replace(item, batch=fits)])
+    with pytest.raises(EdgevitError, match="needs about"):
+        suite._check_memory([dataclasses.replace(item, batch=fits + 1)])
+
+
+def test_reference_tool_output_is_parsed(tmp_path: Path) -> None:
+    from edgevit.bench import references
+
+    log = "[ INFO ] Latency:\n[ INFO ]    Median:        2381.85 ms\n[ INFO ] Throughput:   6.41 FPS\n"
+    assert references.parse_benchmark_app(log) == {"images_per_s": 6.41, "latency_ms_p50": 2381.85}
+    cmd = references.benchmark_app_command(tmp_path, 4, 2, None, 3.0)  # an IR folder
+    assert cmd[cmd.index("-m") + 1] == str(tmp_path / "model.xml") and "-infer_precision" not in cmd  # default precision
+    assert cmd[cmd.index("-nstreams") + 1] == "2" and cmd[cmd.index("-hint") + 1] == "none"

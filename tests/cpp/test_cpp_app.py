@@ -3,9 +3,6 @@ run on exported artifacts, and checked against Python for the same input: top-5 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +12,17 @@ import pytest
 from edgevit import pipeline, runtimes
 from edgevit.images import fit_to, read_image, synthetic_images, to_tensor, write_ppm
 from edgevit.verify import seeded_inputs
+from tests.cpp.support import cmake_build, missing_toolchain, run_app
 from tests.openvino_support import exported_ir
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "s2aformer-mini"
 SIZE = (64, 64)
 OPENVINO_CMAKE = Path(openvino.__file__).parent / "cmake"
 
 
 def _missing_tool() -> str | None:
-    if shutil.which("cmake") is None:
-        return "cmake is not installed"
-    if not any(shutil.which(c) for c in filter(None, (os.environ.get("CXX"), "c++", "g++", "clang++"))):
-        return "no C++ compiler (c++, g++, clang++ or $CXX) is installed"
+    if missing_toolchain():
+        return missing_toolchain()
     if not (OPENVINO_CMAKE / "OpenVINOConfig.cmake").exists():
         return f"the openvino wheel has no CMake package at {OPENVINO_CMAKE}"
     return None
@@ -38,23 +33,7 @@ pytestmark = pytest.mark.skipif(_missing_tool() is not None, reason=f"C++ app no
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    build = tmp_path_factory.mktemp("cpp-build")
-    for cmd in (["cmake", "-S", str(ROOT / "cpp"), "-B", str(build), f"-DOpenVINO_DIR={OPENVINO_CMAKE}",
-                 "-DCMAKE_BUILD_TYPE=Release"],
-                ["cmake", "--build", str(build), "-j", "2"]):
-        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
-        if res.returncode:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return build / "edgevit_infer"
-
-
-def run_app(app: Path, *args: object, ok: bool = True) -> dict[str, str]:
-    res = subprocess.run([str(app), *map(str, args)], check=False, capture_output=True, text=True, timeout=300)
-    if ok:
-        assert res.returncode == 0, res.stderr
-        return dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
-    assert res.returncode == 2 and res.stderr.startswith("error: ")
-    return {"error": res.stderr}
+    return cmake_build(tmp_path_factory.mktemp("cpp-build"), f"-DOpenVINO_DIR={OPENVINO_CMAKE}") / "edgevit_infer"
 
 
 def top5(line: str) -> list[int]:

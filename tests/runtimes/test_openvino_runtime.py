@@ -115,6 +115,7 @@ def test_errors_are_one_line_user_errors(tmp_path: Path, onnx_path: Path) -> Non
     with pytest.raises(EdgevitError, match="unknown OpenVINO precision"):
         runtimes.load(onnx_path, "openvino", precision="int8")
     (tmp_path / "broken.xml").write_text("<net>")
+    (tmp_path / "broken.bin").write_bytes(b"")  # present, so the XML itself is what cannot be read
     with pytest.raises(ArtifactError, match="OpenVINO cannot read"):
         runtimes.load(tmp_path / "broken.xml")
 

@@ -1,0 +1,85 @@
+"""Which operations an INT8 export keeps in float, per family: plain data, read by every quantizer.
+
+The rule lives with the models, not in an exporter, because *why* an op must stay in float is a fact
+about the architecture (a score that ranks tokens, coordinates that pick pixels, a decay that spans
+orders of magnitude), the same whichever format is quantized. Exporters interpret it on their own
+graph (ONNX node names for ONNX Runtime's quantizer, OpenVINO op names for NNCF); ``edgevit info``
+shows it. Op types are ONNX's names; an exporter maps them to its own graph's names.
+
+Three kinds of rule:
+
+* ``op``        - the listed ops themselves are not quantized;
+* ``producers`` - the nearest quantizable ops (Conv/MatMul/Gemm) that compute an input of the listed
+  ops are not quantized (``input``: only that input), so the value they decide on is computed in float;
+* ``consumers`` - quantizable ops reading the listed ops' output (within ``hops``) are not quantized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RULE_KINDS = ("op", "producers", "consumers")
+
+
+@dataclass(frozen=True)
+class KeepFloat:
+    """One rule: keep ``kind`` of ``op_types`` in float, for ``reason``."""
+
+    kind: str
+    op_types: tuple[str, ...]
+    reason: str
+    input: int | None = None  # producers: only the op computing this input (e.g. GridSample's grid)
+    hops: int = 8  # how far producers/consumers are searched through non-quantizable ops
+
+    def __post_init__(self) -> None:
+        if self.kind not in RULE_KINDS:
+            raise ValueError(f"unknown rule kind {self.kind!r}; one of {RULE_KINDS}")
+
+    def describe(self) -> str:
+        what = {"op": "", "producers": "ops computing ", "consumers": "ops reading "}[self.kind]
+        port = f" (input {self.input})" if self.input is not None else ""
+        return f"{what}{'/'.join(self.op_types)}{port}: {self.reason}"
+
+
+COMMON: tuple[KeepFloat, ...] = (
+    KeepFloat("op", ("Softmax",), "attention probabilities; 8-bit steps of 1/255 erase the small weights"),
+    KeepFloat("op", ("LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization"),
+              "norms: statistics over a channel divide by a variance that int8 ranges cannot represent"),
+)
+
+FAMILY_RULES: dict[str, tuple[KeepFloat, ...]] = {
+    "S2AFormer": COMMON,
+    "EMSNet": COMMON,
+    "MAT": COMMON + (
+        KeepFloat("op", ("GridSample",), "the deformable sampler interpolates between pixels"),
+        KeepFloat("producers", ("GridSample",), "the sampler's coordinates: one int8 step of the offset "
+                  "moves every sampling point", input=1),
+    ),
+    "A2Mamba": COMMON + (
+        KeepFloat("op", ("Exp", "CumSum", "Softplus"), "the selective scan's discretisation: exponentials "
+                  "and cumulative sums of the step sizes"),
+        KeepFloat("consumers", ("Exp", "CumSum"), "the scan's decay matrix exp(segment sums) spans many orders "
+                  "of magnitude; an int8 range keeps only the largest terms", hops=3),
+    ),
+    "DualFormer": COMMON + (
+        KeepFloat("producers", ("GreaterOrEqual",), "the LSH hash: the sign of x.beta picks a token's group, "
+                  "and int8 noise flips tokens near a hyperplane into another group"),
+        KeepFloat("consumers", ("Exp",), "unnormalised exp weights of the partition pooling span orders of "
+                  "magnitude", hops=3),
+    ),
+    "PartialFormer": COMMON + (
+        KeepFloat("op", ("TopK",), "token selection"),
+        KeepFloat("producers", ("TopK",), "the context score ranks tokens; int8 noise swaps near-tied tokens "
+                  "between foreground and background", input=0),
+    ),
+}
+
+
+def keep_float_rules(family: str) -> tuple[KeepFloat, ...]:
+    """The rules of ``family`` (a card's ``family``). A family without an entry is an error, not the common
+    rules: a new family must say which of its ops are precision-critical before it can be quantized."""
+    try:
+        return FAMILY_RULES[family]
+    except KeyError:
+        raise KeyError(f"no INT8 keep-in-float rules declared for family {family!r} in "
+                       "edgevit/models/int8_rules.py") from None

@@ -1,0 +1,96 @@
+"""``--to executorch`` and ``--to ort`` through the format table on a registry model (s2aformer-mini at
+64x64): verified before they appear, with their manifests, loadable by ``runtimes.load`` and ``verify``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevit import pipeline, runtimes
+from edgevit.errors import EdgevitError
+from edgevit.formats import format_options
+from edgevit.verify import seeded_inputs
+from tests.mobile_support import MODEL, SIZE, exported
+
+
+@pytest.fixture(scope="module")
+def pte(tmp_path_factory: pytest.TempPathFactory) -> pipeline.ExportReport:
+    pytest.importorskip("executorch", reason="the executorch extra is not installed")
+    return exported(tmp_path_factory, "executorch")
+
+
+@pytest.fixture(scope="module")
+def ort_dir(tmp_path_factory: pytest.TempPathFactory) -> pipeline.ExportReport:
+    return exported(tmp_path_factory, "ort")
+
+
+def test_executorch_export_is_verified_and_fully_delegated(pte: pipeline.ExportReport) -> None:
+    assert pte.path.suffix == ".pte" and pte.parity is not None and pte.parity.worst_rel <= 1e-4
+    manifest = json.loads(Path(str(pte.path) + ".json").read_text())
+    assert manifest["backends"] == ["XnnpackBackend"] and manifest["xnnpack_forms"]
+    # the XNNPACK forms take every LayerNorm, mean, attention matmul of S2AFormer into one delegate call
+    assert manifest["delegation"]["non_delegated_ops"] == 0 and manifest["delegation"]["delegated_subgraphs"] == 1
+    assert manifest["parity"]["max_rel"] <= 1e-4 and manifest["metadata"]["edgevit.format"] == "executorch"
+    assert pte.metadata.extra["delegate"] == "xnnpack"
+
+
+def test_executorch_program_verifies_and_runs_like_pytorch(pte: pipeline.ExportReport) -> None:
+    report = pipeline.verify(None, pte.path, threads=1)
+    assert report.passed and report.worst_rel <= 1e-4
+    runner = runtimes.load(pte.path, threads=1)
+    assert runner.backend == "executorch" and runner.metadata.model == MODEL
+    assert runner.info.details["backends"] == "XnnpackBackend" and runner.info.threads == 1
+    x = seeded_inputs(1, SIZE, seed=4)
+    ref = runtimes.load(MODEL, input_size=SIZE).run(x)["logits"]
+    out = runner.run(x)["logits"]
+    assert np.abs(out - ref).max() / np.abs(ref).max() <= 1e-4
+
+
+def test_ort_export_writes_model_config_and_manifest(ort_dir: pipeline.ExportReport) -> None:
+    path = ort_dir.path
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.ort", "required_operators.config"]
+    config = (path / "required_operators.config").read_text().splitlines()
+    assert config[1] == "# - model.ort"  # no temporary path of the export machine
+    ops = {op for line in config if not line.startswith("#") for op in line.split(";")[2].split(",")}
+    assert {"Conv", "Softmax", "LayerNormalization"} <= ops
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["target_platform"] == "arm" and manifest["parity"]["max_rel"] <= 1e-4
+    assert ort_dir.parity is not None and ort_dir.parity.candidate.startswith("ort")
+
+
+def test_ort_folder_and_file_load_as_ort(ort_dir: pipeline.ExportReport) -> None:
+    for source in (ort_dir.path, ort_dir.path / "model.ort"):
+        runner = runtimes.load(source, threads=1)
+        assert runner.backend == "ort" and runner.info.details["format"] == "ort"
+        assert runner.metadata is not None and runner.metadata.model == MODEL  # metadata survives conversion
+    assert pipeline.verify(None, ort_dir.path).passed
+
+
+def test_mobile_formats_refuse_what_they_do_not_take(tmp_path: Path) -> None:
+    with pytest.raises(EdgevitError, match="static batch"):
+        pipeline.export(MODEL, "executorch", tmp_path / "m.pte", dynamic_batch=True)
+    with pytest.raises(EdgevitError, match="does not take --opset"):
+        pipeline.export(MODEL, "executorch", tmp_path / "m.pte",
+                        format_options=format_options("executorch", opset=17))
+    with pytest.raises(EdgevitError, match="unknown ORT target platform"):
+        format_options("ort", target_platform="riscv")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--to", "onnx", "--delegate", "portable"], "--to onnx does not take --delegate"),
+    (["--to", "executorch", "--target-platform", "arm"], "--to executorch does not take --target-platform"),
+    (["--to", "ort", "--no-xnnpack-forms"], "--to ort does not take --no-xnnpack-forms"),
+    (["--to", "executorch", "--delegate", "coreml"], "unknown ExecuTorch delegate 'coreml'"),
+])
+def test_cli_routes_mobile_flags_to_their_format_only(args: list[str], message: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgevit.cli import app
+
+    result = CliRunner().invoke(app, ["export", MODEL, *args, "--output", str(tmp_path / "x")])
+    assert result.exit_code != 0 and message in " ".join(result.output.split())
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,91 @@
+"""The families' keep-in-float rules: declared for every family, shown by `edgevit info`, and applied to a
+graph exactly (the op itself, the producers of one input, the consumers)."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+import edgevit
+from edgevit.cli import app
+from edgevit.models.int8_rules import FAMILY_RULES, KeepFloat, keep_float_rules
+from edgevit.quantization.onnx_qdq import OUTPUT_REASON, float_nodes, name_nodes
+
+
+def _toy() -> onnx.ModelProto:
+    """feature = Conv(x); offset = Conv(x) -> Add -> GridSample(feature, grid); score = MatMul(flat) -> TopK;
+    decay = Exp(flat) -> Mul -> MatMul; Softmax; the output comes from a Gemm."""
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w"], ["feature"], name="feature_conv"),
+        n("Conv", ["x", "w2"], ["offset"], name="offset_conv"),
+        n("Transpose", ["offset"], ["offset_t"], perm=[0, 2, 3, 1], name="t"),
+        n("Add", ["offset_t", "base"], ["grid"], name="add_base"),
+        n("GridSample", ["feature", "grid"], ["sampled"], name="sampler"),
+        n("Flatten", ["sampled"], ["flat"], name="flatten"),
+        n("MatMul", ["flat", "proj"], ["score"], name="score_matmul"),
+        n("TopK", ["score", "k"], ["vals", "idx"], name="topk"),
+        n("Exp", ["flat"], ["e"], name="exp"),
+        n("Mul", ["e", "mask"], ["em"], name="mask_mul"),
+        n("MatMul", ["em", "proj"], ["mixed"], name="decay_matmul"),
+        n("MatMul", ["flat", "proj"], ["other"], name="plain_matmul"),
+        n("Softmax", ["other"], ["prob"], name="softmax"),
+        n("Gemm", ["prob", "head"], ["logits"], name="head"),
+    ]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", f, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("logits", f, None),
+                               helper.make_tensor_value_info("vals", f, None)])
+    return helper.make_model(graph)
+
+
+def test_rules_select_exactly_the_declared_nodes() -> None:
+    rules = (
+        KeepFloat("op", ("Softmax",), "probabilities"),
+        KeepFloat("producers", ("GridSample",), "coordinates", input=1),
+        KeepFloat("producers", ("TopK",), "score", input=0),
+        KeepFloat("consumers", ("Exp",), "decay", hops=3),
+    )
+    keep = float_nodes(_toy(), rules)
+    assert keep == {"softmax": "Softmax: probabilities",
+                    "offset_conv": "ops computing GridSample (input 1): coordinates",
+                    "score_matmul": "ops computing TopK (input 0): score",
+                    "decay_matmul": "ops reading Exp: decay",
+                    "head": OUTPUT_REASON}
+    # the sampled features' conv and the plain MatMul are quantized
+    assert "feature_conv" not in keep and "plain_matmul" not in keep
+
+
+def test_consumer_search_stops_after_its_hops() -> None:
+    assert "decay_matmul" not in float_nodes(_toy(), (KeepFloat("consumers", ("Exp",), "d", hops=1),))
+    assert "decay_matmul" in float_nodes(_toy(), (KeepFloat("consumers", ("Exp",), "d", hops=2),))
+
+
+def test_unnamed_nodes_get_unique_names() -> None:
+    model = _toy()
+    for node in model.graph.node[:3]:
+        node.name = ""
+    model.graph.node[3].name = "Transpose_2"  # the name an unnamed node would get
+    name_nodes(model)
+    names = [node.name for node in model.graph.node]
+    assert all(names) and len(set(names)) == len(names)
+
+
+def test_every_registered_family_declares_its_rules() -> None:
+    families = {edgevit.get_model_card(n).family for n in edgevit.list_models()}
+    assert families <= set(FAMILY_RULES)
+    assert {"TopK"} <= {t for r in keep_float_rules("PartialFormer") if r.kind == "producers" for t in r.op_types}
+    with pytest.raises(KeyError, match="no INT8 keep-in-float rules"):
+        keep_float_rules("NoSuchFamily")
+
+
+def test_info_shows_the_rules() -> None:
+    res = CliRunner().invoke(app, ["info", "mat-1", "--input-size", "64", "--json"])
+    assert res.exit_code == 0, res.output
+    rules = json.loads(res.output)["int8_keep_float"]
+    assert {"kind": "producers", "op_types": ["GridSample"], "input": 1}.items() <= next(
+        r for r in rules if r["kind"] == "producers").items()
