@@ -421,7 +421,8 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     models: Annotated[str, typer.Option(help="Comma-separated model names.")] = "s2aformer-t",
     runtimes: Annotated[str, typer.Option(help="Comma-separated: torch, torch:channels-last, torch:bf16, "
-                                               "torch-compile, onnxruntime, openvino[:f32|:bf16|:default] on cpu; "
+                                               "torch-compile, onnxruntime, openvino[:f32|:bf16|:default], executorch (.pte, "
+                                               "XNNPACK), ort (ONNX Runtime's .ort format) on cpu; "
                                                "torch[:fp32|:fp16], tensorrt[:fp16|:fp32] on cuda (default: "
                                                "torch,onnxruntime on cpu; torch,tensorrt on cuda; with --artifact "
                                                "the runtime of that file).")] = None,

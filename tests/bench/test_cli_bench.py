@@ -160,3 +160,13 @@ def test_plot_marks_paper_figures_and_labels_points(tmp_path: Path) -> None:
         assert len(ax.lines) == 0  # points, never lines across models
         assert sorted(t.get_text() for t in ax.texts) == ["s2aformer-mini"] * 3 + ["s2aformer-t"] * 3
     assert report.plot(PAPER_RUN, tmp_path / "p.png").stat().st_size > 20_000
+
+
+def test_runtimes_help_names_every_runtime_bench_accepts() -> None:
+    """The --runtimes help is the only list a user sees; a runtime added to the table must appear in it."""
+    import typing
+
+    help_text = typing.get_type_hints(cli.bench, include_extras=True)["runtimes"].__metadata__[0].help
+    for device, table in suite._RUNTIME_ALIASES.items():
+        for name in table:
+            assert name.split(":")[0] in help_text, (device, name)
