@@ -264,7 +264,6 @@ class MASS(nn.Module):
         attn = torch.softmax(q @ key.transpose(-1, -2) + self._token_bias(length), dim=-1)
         return (attn @ v).transpose(-1, -2).reshape(b, n * hd, length)
 
-
     def _token_bias(self, length: int) -> Tensor:
         """The global bias resized to ``length`` tokens: a constant per resolution, so eager inference
         resizes once and reuses it until the parameter changes (``_version`` counts in-place writes,
