@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import Backbone, LayerNorm2d
-from .ops.neighborhood_attention import NATables, na_av, na_qk, na_tables
+from .ops.constants import constant_tables, table_builder, tracing
+from .ops.neighborhood_attention import NAPlan, na_av, na_plan, na_qk
 from .ops.selective_scan import selective_scan
 from .paper import throughput_for
 from .registry import NUM_CLASSES, ModelCard, ModelOption, ReportedFigures, register_model
@@ -63,10 +64,12 @@ def rotate_pairs(x: Tensor) -> Tensor:
     return torch.stack((-odd, even), dim=-1).flatten(-2)
 
 
+@table_builder("bicubic_resize")
 @functools.lru_cache(maxsize=64)
-def _bicubic_matrix_np(out_size: int, in_size: int) -> np.ndarray:
-    """``(out, in)`` matrix of PyTorch's 1-D bicubic resize (A = -0.75, half-pixel centres, border taps
-    clamped, ``align_corners=False``); ``upsample_bicubic2d`` is this matrix applied along both axes."""
+def _bicubic_matrix_np(out_size: int, in_size: int) -> tuple[np.ndarray]:
+    """The ``(out, in)`` matrix of PyTorch's 1-D bicubic resize (A = -0.75, half-pixel centres, border taps
+    clamped, ``align_corners=False``), as a 1-tuple (what ``ops.constants.constant_tables`` takes);
+    ``upsample_bicubic2d`` is this matrix applied along both axes."""
     def near(x: float) -> float:  # |x| <= 1
         return ((BICUBIC_A + 2) * x - (BICUBIC_A + 3)) * x * x + 1
 
@@ -81,7 +84,7 @@ def _bicubic_matrix_np(out_size: int, in_size: int) -> np.ndarray:
         t = src - base
         for tap, weight in enumerate((far(t + 1), near(t), near(1 - t), far(2 - t))):
             mat[o, min(max(base - 1 + tap, 0), in_size - 1)] += weight
-    return mat
+    return (mat,)
 
 
 def resize_token_bias(bias: Tensor, size: int) -> Tensor:
@@ -93,7 +96,7 @@ def resize_token_bias(bias: Tensor, size: int) -> Tensor:
     """
     if not torch.compiler.is_exporting():
         return F.interpolate(bias, size=(size, size), mode="bicubic", align_corners=False)
-    mat = torch.from_numpy(_bicubic_matrix_np(size, bias.shape[-1])).to(bias.device, bias.dtype)
+    (mat,) = constant_tables("bicubic_resize", (size, bias.shape[-1]), (bias.dtype,), bias.device)
     return mat @ bias @ mat.transpose(0, 1)
 
 
@@ -159,8 +162,8 @@ class _Neighborhoods:
 
     attn1: Tensor
     attn2: Tensor
-    tables1: NATables
-    tables2: NATables
+    plan1: NAPlan
+    plan2: NAPlan
 
 
 class A2SSM(nn.Module):
@@ -200,7 +203,7 @@ class A2SSM(nn.Module):
         states = selective_scan(u, dt, -torch.exp(self.A_logs), bs, self.dt_projs_bias)  # (B, C, L)
         states = states.reshape(b, n, c // n, h * w).transpose(-1, -2)  # (B, n, L, hd), channel h*hd + d
         s1, s2 = states.chunk(2, dim=1)
-        states = torch.cat((na_av(nb.attn1, s1, nb.tables1), na_av(nb.attn2, s2, nb.tables2)), dim=1)
+        states = torch.cat((na_av(nb.attn1, s1, nb.plan1), na_av(nb.attn2, s2, nb.plan2)), dim=1)
         states = self.state_fusion(states.transpose(-1, -2)).reshape(b, c, h * w)  # mixes heads
         return (states * cs + u * self.Ds.view(1, -1, 1)).reshape(b, c, h, w)
 
@@ -241,8 +244,8 @@ class MASS(nn.Module):
         q = (q * cos + rotate_pairs(q) * sin) * self.scale
         key = key * cos + rotate_pairs(key) * sin
         (q1, q2), (k1, k2), (v1, v2) = q.chunk(2, dim=1), key.chunk(2, dim=1), v.chunk(2, dim=1)
-        t1 = na_tables(h, w, k, (1, 1), x.device)
-        t2 = na_tables(h, w, k, (adaptive_dilation(h, k), adaptive_dilation(w, k)), x.device)
+        t1 = na_plan(h, w, k, (1, 1), device=x.device)
+        t2 = na_plan(h, w, k, (adaptive_dilation(h, k), adaptive_dilation(w, k)), device=x.device)
         attn1 = torch.softmax(na_qk(q1, k1, t1, self.rpb[0]), dim=-1)
         y1 = na_av(attn1, v1, t1)
         attn2 = torch.softmax(na_qk(q2, k2, t2, self.rpb[1]), dim=-1)
@@ -258,11 +261,25 @@ class MASS(nn.Module):
     def _global_attention(self, q: Tensor, key: Tensor, v: Tensor) -> Tensor:
         """Full attention over all tokens with the learned token-index bias (resized when L != 49)."""
         b, n, length, hd = v.shape
-        bias = self.rpb[2]
-        if bias.shape[-1] != length:
-            bias = resize_token_bias(bias, length)
-        attn = torch.softmax(q @ key.transpose(-1, -2) + bias, dim=-1)
+        attn = torch.softmax(q @ key.transpose(-1, -2) + self._token_bias(length), dim=-1)
         return (attn @ v).transpose(-1, -2).reshape(b, n * hd, length)
+
+    def _token_bias(self, length: int) -> Tensor:
+        """The global bias resized to ``length`` tokens: a constant per resolution, so eager inference
+        resizes once and reuses it until the parameter changes (``_version`` counts in-place writes,
+        e.g. ``load_state_dict``); tracing and training resize in the graph."""
+        bias = self.rpb[2]
+        if bias.shape[-1] == length:
+            return bias
+        if tracing() or (torch.is_grad_enabled() and bias.requires_grad):
+            return resize_token_bias(bias, length)
+        key = (length, bias._version, bias.data_ptr(), bias.device, bias.dtype)
+        cached = self.__dict__.get("_resized_bias")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, resize_token_bias(bias, length))
+            self.__dict__["_resized_bias"] = cached
+        return cached[1]
 
 
 class A2Block(nn.Module):

@@ -20,7 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 _CONV_OPS = {"convolution", "_convolution", "conv2d", "conv1d"}
 _LINEAR_OPS = {"mm", "addmm"}  # nn.Linear on any rank lowers to mm/addmm
 _MATMUL_OPS = {"bmm", "baddbmm", "_scaled_dot_product_efficient_attention",
-               "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention"}
+               "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
+               "edgevit.na_qk", "edgevit.na_av"}  # neighborhood attention's two products (models/ops)
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ def test_adaptive_dilation_rule() -> None:
 @pytest.mark.parametrize("out_size", [4, 49, 63, 70, 256])
 def test_bicubic_matrices_equal_interpolate(out_size: int) -> None:
     bias = torch.randn(1, 3, 49, 49, dtype=torch.float64)
-    mat = torch.from_numpy(_bicubic_matrix_np(out_size, 49))
+    mat = torch.from_numpy(_bicubic_matrix_np(out_size, 49)[0])
     want = F.interpolate(bias, size=(out_size, out_size), mode="bicubic", align_corners=False)
     assert rel_err(mat @ bias @ mat.T, want) <= 1e-12
 
@@ -194,3 +194,15 @@ def test_resize_token_bias_eager_is_interpolate() -> None:
     bias = torch.randn(1, 2, 49, 49)
     want = F.interpolate(bias, size=(70, 70), mode="bicubic", align_corners=False)
     assert torch.equal(resize_token_bias(bias, 70), want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("v", VARIANTS)
+def test_torch_compile_matches_eager(v: str) -> None:
+    # issue 20: dynamo used to fail on the NumPy-backed index tables; fullgraph proves no graph break
+    model = _model(v)
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(x)
+        got = torch.compile(model, fullgraph=True)(x)
+    assert rel_err(got, want) <= 1e-4

@@ -1,4 +1,4 @@
-"""Neighborhood attention as a static gather vs a per-pixel loop built on NATTEN 0.17's own window and
+"""Neighborhood attention (tiled, any tile size) vs a per-pixel loop built on NATTEN 0.17's own window and
 bias-start formulas (tests/models/a2mamba_reference.py), with randomised bias tables."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgevit.models.ops.neighborhood_attention import axis_window, na_av, na_qk, na_tables
+from edgevit.models.ops.neighborhood_attention import axis_tiles, axis_window, na_av, na_plan, na_qk
 from tests.models.a2mamba_reference import na_av_reference, na_qk_reference, neighbors, rel_err
 
 
@@ -43,28 +43,39 @@ CASES = [
 
 
 @pytest.mark.parametrize("h,w,kernel,dil", CASES)
-def test_gather_equals_per_pixel_loop(h: int, w: int, kernel: int, dil: tuple[int, int]) -> None:
+def test_tiled_equals_per_pixel_loop(h: int, w: int, kernel: int, dil: tuple[int, int]) -> None:
     g = torch.Generator().manual_seed(h * 100 + w)
     b, n, dim = 2, 3, 4
-    q, k, v = (torch.randn(b, n, h, w, dim, generator=g) for _ in range(3))
+    q, k, v, s = (torch.randn(b, n, h, w, dim, generator=g) for _ in range(4))
     rpb = torch.randn(n, 2 * kernel - 1, 2 * kernel - 1, generator=g)
-    tables = na_tables(h, w, kernel, dil)
 
     def flat(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(b, n, h * w, dim)
 
-    ref_logits = na_qk_reference(q, k, kernel, dil, rpb).reshape(b, n, h * w, -1)
-    logits = na_qk(flat(q), flat(k), tables, rpb)
-    assert torch.equal(torch.isinf(logits), torch.isinf(ref_logits))
-    finite = torch.isfinite(ref_logits)
-    assert rel_err(logits[finite], ref_logits[finite]) <= 1e-6
-    attn = torch.softmax(ref_logits, -1)
-    ref_out = na_av_reference(attn.reshape(b, n, h, w, -1), v, kernel, dil).reshape(b, n, h * w, dim)
-    assert rel_err(na_av(attn, flat(v), tables), ref_out) <= 1e-6
+    ref_attn = torch.softmax(na_qk_reference(q, k, kernel, dil, rpb), -1)
+    # the map is reused on other values (A2SSM), so two value maps
+    ref_outs = [na_av_reference(ref_attn, x, kernel, dil).reshape(b, n, h * w, dim) for x in (v, s)]
+    for tile in (1, 3, 4):  # 1 is the per-query gather; 3 and 4 leave partial tiles on most axes
+        plan = na_plan(h, w, kernel, dil, tile=tile)
+        attn = torch.softmax(na_qk(flat(q), flat(k), plan, rpb), -1)
+        assert attn.shape[-2:] == (tile * tile, (tile + kernel - 1) ** 2)
+        for values, ref_out in zip((v, s), ref_outs):
+            assert rel_err(na_av(attn, flat(values), plan), ref_out) <= 1e-6, tile
 
 
-def test_tables_are_cached_per_size_and_dilation() -> None:
-    a = na_tables(20, 24, 7, (2, 3))
-    assert na_tables(20, 24, 7, (2, 3)) is a and a.mask is None
-    assert na_tables(4, 4, 7, (1, 1)).mask is not None
-    assert a.index.dtype == torch.int64 and a.index.shape == (20 * 24 * 49,)
+@pytest.mark.parametrize("tile", [1, 4])
+def test_logits_outside_the_window_are_masked(tile: int) -> None:
+    h, w, kernel, dil = 13, 17, 5, (2, 3)
+    plan = na_plan(h, w, kernel, dil, tile=tile)
+    logits = na_qk(torch.zeros(1, 1, h * w, 2), torch.zeros(1, 1, h * w, 2), plan, torch.zeros(1, 9, 9))
+    finite = torch.isfinite(logits).sum(-1)  # per (tile, query slot): real queries see K*K keys
+    rows, cols = (axis_tiles(n, kernel, d, tile).q_real for n, d in zip((h, w), dil))
+    real = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(finite.shape[-3:])
+    assert (finite[0, 0][torch.from_numpy(real)] == kernel * kernel).all()
+
+
+def test_plans_are_cached_per_size_dilation_and_tile() -> None:
+    a = na_plan(20, 24, 7, (2, 3), tile=4)
+    assert na_plan(20, 24, 7, (2, 3), tile=4) is a and na_plan(20, 24, 7, (2, 3), tile=2) is not a
+    assert a.q_rows.dtype == torch.int64 and a.k_rows.shape == (a.tiles_h * (4 + 7 - 1),)
+    assert sorted(a.slot_rows.tolist()) == a.slot_rows.unique().tolist()  # every row has its own slot

@@ -1,8 +1,8 @@
-"""2-D neighborhood attention (NATTEN 0.17 ``na2d_qk`` / ``na2d_av`` semantics) as a static gather.
+"""2-D neighborhood attention (NATTEN 0.17 ``na2d_qk`` / ``na2d_av`` semantics) as tiled dense matmuls.
 
 NATTEN is a C++/CUDA extension behind an ``autograd.Function``; no exporter can see through it. For a
-fixed map size, kernel and dilation, every query's K x K key positions and relative-bias entries are
-known in advance, so the op becomes ``Gather`` (constant indices) + ``MatMul``, which every runtime runs.
+fixed map size, kernel and dilation every query's K x K key positions and relative-bias entries are
+known in advance, so the op becomes constant-index gathers + MatMul, which every runtime runs.
 
 Window placement (per axis, ``shared/specs/a2mamba.md`` §3.4): a query ``i`` belongs to the residue
 class ``i mod d``; its window is the K consecutive class members starting at
@@ -14,9 +14,23 @@ Small-map extension (edgevit's, where NATTEN raises): when a residue class has f
 the window is all of them and the remaining slots are masked (logit ``-inf``, weight 0); a dilation
 below 1 counts as 1. Wherever NATTEN accepts the input the two agree exactly.
 
-Index tables are pure functions of ``(H, W, K, dh, dw)``: they are built once in NumPy, cached, and
-turned into tensors per call (zero-copy on CPU), so they never enter the ``state_dict`` and an export
-captures them as constants.
+**Tiling (why).** Gathering every query's K x K keys materialises ``L * K^2 * head_dim`` values (49x-121x
+the keys) and turns the attention into matrix-vector products. Instead, along each axis the queries of
+one residue class are cut into tiles of ``T`` consecutive members; the windows of a tile all lie inside
+one *region* of ``T + K - 1`` consecutive class members (clamped inward like the windows). A 2-D tile of
+``T x T`` queries then attends densely to its ``(T+K-1)^2`` region keys through one small GEMM, and an
+additive constant (relative bias where the key is in the query's window, ``-inf`` elsewhere) restores the
+exact NATTEN result: ``softmax`` over the region equals ``softmax`` over the window. Keys are gathered
+``((T+K-1)/T)^2`` times instead of ``K^2`` times; logits hold ``(T+K-1)^2`` instead of ``K^2`` entries
+per query. ``T = 1`` is exactly the per-query gather. Everything stays linear in the number of tokens.
+
+All index tables are separable (one per axis, ``O(length * (T+K))`` entries) and pure functions of
+``(H, W, K, dh, dw, T)``: they are built once in NumPy and cached as tensors per device (while tracing,
+made afresh by :func:`.constants.constant`, so a trace records them as constants).
+
+Eager inference runs the two products as custom ops (``edgevit::na_qk`` / ``edgevit::na_av``) whose FLOP
+formulas count the K x K window (what the operation is), not the padded tile, so
+:func:`edgevit.models.count_macs` does not depend on the tile size; tracing and autograd see plain ops.
 """
 
 from __future__ import annotations
@@ -27,25 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
+from .constants import constant_tables, table_builder, tracing
 
-@dataclass(frozen=True)
-class NATables:
-    """Gather tables of one (H, W, K, dilation); rows are queries in raster order, columns the K*K
-    slots (row-slot major)."""
-
-    index: Tensor  # (H*W * K*K,) int64: flat key position h*W + w, query-major
-    bias_index: Tensor  # (H*W * K*K,) int64: flat position in the (2K-1, 2K-1) bias table
-    mask: Tensor | None  # (H*W, K*K) bool, True where the slot holds no key; None when every slot is valid
-    kernel_size: int
-
-    @property
-    def slots(self) -> int:
-        return self.kernel_size * self.kernel_size
-
-    @property
-    def queries(self) -> int:
-        return self.index.shape[0] // self.slots
+# Queries per tile side. 1 reproduces the per-query gather (matrix-vector products: slowest in eager);
+# 2, 4 and 7 were timed at a2mamba-n's stage shapes (eager, batch 4 at 224; issue 20's closing note):
+# 4 and 7 were fastest within noise, and 4 keeps the logits at (4+K-1)^2 instead of (7+K-1)^2 per query.
+DEFAULT_TILE = 4
 
 
 def axis_window(length: int, kernel_size: int, dilation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,66 +72,248 @@ def axis_window(length: int, kernel_size: int, dilation: int) -> tuple[np.ndarra
     return pos, rel, np.broadcast_to(valid, pos.shape)
 
 
-@functools.lru_cache(maxsize=256)
-def _tables_np(height: int, width: int, kernel_size: int, dil_h: int, dil_w: int) -> tuple[np.ndarray, ...]:
-    pos_h, rel_h, valid_h = axis_window(height, kernel_size, dil_h)
-    pos_w, rel_w, valid_w = axis_window(width, kernel_size, dil_w)
-    span = 2 * kernel_size - 1
-    # (H, 1, K, 1) x (1, W, 1, K) -> (H, W, K, K) -> (H*W, K*K)
-    index = pos_h[:, None, :, None] * width + pos_w[None, :, None, :]
-    bias_index = rel_h[:, None, :, None] * span + rel_w[None, :, None, :]
-    valid = valid_h[:, None, :, None] & valid_w[None, :, None, :]
-    mask = None if valid.all() else np.ascontiguousarray(~valid.reshape(height * width, -1))
-    return (np.ascontiguousarray(index.reshape(-1), dtype=np.int64),
-            np.ascontiguousarray(bias_index.reshape(-1), dtype=np.int64), mask)
+@dataclass(frozen=True)
+class AxisTiles:
+    """One axis cut into query tiles and their key regions (``nt`` tiles).
 
-
-_DEVICE_CACHE: dict[tuple[object, ...], NATables] = {}
-
-
-def na_tables(height: int, width: int, kernel_size: int, dilation: tuple[int, int] = (1, 1),
-              device: torch.device | str = "cpu") -> NATables:
-    """Gather tables for an ``height x width`` map (cached per size, kernel, dilation and device).
-
-    While tracing (``torch.export``/``torch.compile``) the tensors are created afresh so the tracer
-    records them as constants and no traced tensor ends up in the cache.
+    ``q_pos (nt, T)``: the queries of each tile (a partial tile repeats its last query; ``q_real`` is
+    False there); ``k_pos (nt, R)``, ``R = T + K - 1``: the region's keys; ``rel (nt, T, R)``: bias
+    offset of each (query, key) pair (0 where ``inside`` is False); ``inside (nt, T, R)``: key in the
+    query's window (repeated queries' results are discarded); ``slot (length,)``:
+    where each position's query sits, ``tile * T + slot``.
     """
+
+    q_pos: np.ndarray
+    q_real: np.ndarray
+    k_pos: np.ndarray
+    rel: np.ndarray
+    inside: np.ndarray
+    slot: np.ndarray
+
+
+@functools.lru_cache(maxsize=256)
+def axis_tiles(length: int, kernel_size: int, dilation: int, tile: int) -> AxisTiles:
+    """Tiles of ``tile`` consecutive members of each residue class, each with the region of
+    ``tile + K - 1`` class members that holds all its windows (taken from :func:`axis_window`)."""
+    if tile < 1:
+        raise ValueError(f"neighborhood tile must be at least 1, got {tile}")
+    pos, rel, valid = axis_window(length, kernel_size, dilation)
+    d = max(int(dilation), 1)
+    span = tile + kernel_size - 1
+    q_pos, q_real, k_pos, rels, inside = [], [], [], [], []
+    slot = np.zeros(length, dtype=np.int64)
+    for residue in range(min(d, length)):
+        members = np.arange(residue, length, d)
+        m = len(members)
+        for t0 in range(0, m, tile):
+            steps = np.arange(t0, t0 + tile)
+            real = steps < m
+            queries = members[np.minimum(steps, m - 1)]
+            window_start = (pos[queries[0], 0] - residue) // d if m >= kernel_size else 0
+            region_start = max(min(window_start, m - span), 0)
+            key_steps = region_start + np.arange(span)
+            keys = members[np.minimum(key_steps, m - 1)]
+            # (T, R, K): region key r is window slot s of query t (only real keys and slots)
+            match = ((pos[queries][:, None, :] == keys[None, :, None]) & valid[queries][:, None, :]
+                     & (key_steps < m)[None, :, None])
+            hit = match.any(-1)
+            rel_tr = np.where(hit, (rel[queries][:, None, :] * match).sum(-1), 0)
+            slot[members[steps[real]]] = len(q_pos) * tile + np.arange(tile)[real]
+            q_pos.append(queries)
+            q_real.append(real)
+            k_pos.append(keys)
+            rels.append(rel_tr)
+            inside.append(hit)  # a repeated query repeats a real window: never an all -inf row
+    return AxisTiles(np.stack(q_pos), np.stack(q_real), np.stack(k_pos), np.stack(rels), np.stack(inside), slot)
+
+
+@dataclass(frozen=True)
+class NAPlan:
+    """Tensors of one (H, W, K, dilation, tile): per-axis index tables (flattened) and additive masks."""
+
+    height: int
+    width: int
+    kernel_size: int
+    tile: int
+    tiles_h: int
+    tiles_w: int
+    q_rows: Tensor  # (tiles_h * T,) int64
+    q_cols: Tensor  # (tiles_w * T,)
+    k_rows: Tensor  # (tiles_h * R,)
+    k_cols: Tensor  # (tiles_w * R,)
+    rel_rows: Tensor  # (tiles_h * T * R,) bias row of every (query row, key row)
+    rel_cols: Tensor  # (tiles_w * T * R,)
+    mask_rows: Tensor  # (tiles_h, T, R) float: 0 inside the window, -inf outside
+    mask_cols: Tensor  # (tiles_w, T, R)
+    slot_rows: Tensor  # (H,) tile-major query slot of every row
+    slot_cols: Tensor  # (W,)
+
+    @property
+    def region(self) -> int:
+        return self.tile + self.kernel_size - 1
+
+
+@table_builder("na_plan")
+@functools.lru_cache(maxsize=256)
+def _plan_arrays(height: int, width: int, kernel_size: int, dil_h: int, dil_w: int,
+                 tile: int) -> tuple[np.ndarray, ...]:
+    """The plan's tables in :class:`NAPlan` field order (index tables flattened, masks 0 / -inf)."""
+    rows = axis_tiles(height, kernel_size, dil_h, tile)
+    cols = axis_tiles(width, kernel_size, dil_w, tile)
+    return (*(a.reshape(-1) for a in (rows.q_pos, cols.q_pos, rows.k_pos, cols.k_pos, rows.rel, cols.rel)),
+            *(np.where(t.inside, 0.0, -np.inf) for t in (rows, cols)), rows.slot, cols.slot)
+
+
+_PLAN_DTYPES = (torch.int64,) * 6 + (torch.float32,) * 2 + (torch.int64,) * 2
+_DEVICE_CACHE: dict[tuple[object, ...], NAPlan] = {}
+
+
+def na_plan(height: int, width: int, kernel_size: int, dilation: tuple[int, int] = (1, 1),
+            tile: int = DEFAULT_TILE, device: torch.device | str = "cpu") -> NAPlan:
+    """The tiling of an ``height x width`` map (cached per size, kernel, dilation, tile and device)."""
     device = torch.device(device)
-    key = (height, width, kernel_size, int(dilation[0]), int(dilation[1]), device)
-    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-    if not tracing and key in _DEVICE_CACHE:
+    args = (height, width, kernel_size, int(dilation[0]), int(dilation[1]), tile)
+    key = (*args, device)
+    in_trace = tracing()
+    if not in_trace and key in _DEVICE_CACHE:
         return _DEVICE_CACHE[key]
-    index, bias_index, mask = _tables_np(*key[:5])
-    tables = NATables(
-        torch.from_numpy(index).to(device), torch.from_numpy(bias_index).to(device),
-        None if mask is None else torch.from_numpy(mask).to(device), kernel_size,
-    )
-    if not tracing:
-        _DEVICE_CACHE[key] = tables
-    return tables
+    tensors = constant_tables("na_plan", args, _PLAN_DTYPES, device)
+    region = tile + kernel_size - 1
+    plan = NAPlan(height, width, kernel_size, tile, tensors[2].shape[0] // region,
+                  tensors[3].shape[0] // region, *tensors)
+    if not in_trace:
+        _DEVICE_CACHE[key] = plan
+    return plan
 
 
-def _gather_neighbors(x: Tensor, tables: NATables) -> Tensor:
-    """``x`` (B, n, L, D) -> (B, n, L, K*K, D): every query's window of ``x`` (one constant Gather)."""
-    b, n, length, dim = x.shape
-    return x.index_select(2, tables.index).reshape(b, n, length, tables.slots, dim)
+def na_bias(plan: NAPlan, rpb: Tensor | None, heads: int, dtype: torch.dtype) -> Tensor:
+    """Additive term ``(n, th, tw, T*T, R*R)`` of the tiled logits: relative bias ``rpb (n, 2K-1, 2K-1)``
+    by true offset where the key lies in the query's window, ``-inf`` elsewhere. A constant of the
+    exported graph (it depends only on parameters and the plan)."""
+    th, tw, t, r = plan.tiles_h, plan.tiles_w, plan.tile, plan.region
+    mask = (plan.mask_rows[:, None, :, None, :, None] + plan.mask_cols[None, :, None, :, None, :])
+    mask = mask.reshape(th, tw, t * t, r * r).to(dtype)
+    if rpb is None:
+        return mask.unsqueeze(0).expand(heads, -1, -1, -1, -1)
+    bias = rpb.index_select(1, plan.rel_rows).index_select(2, plan.rel_cols)  # (n, th*T*R, tw*T*R)
+    bias = bias.reshape(-1, th, t, r, tw, t, r).permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, th, tw, t * t, r * r)
+    return bias.to(dtype) + mask
 
 
-def na_qk(q: Tensor, k: Tensor, tables: NATables, rpb: Tensor | None = None) -> Tensor:
-    """Neighborhood logits ``(B, n, L, K*K)`` of ``q``, ``k`` (B, n, L, D) plus the relative bias
-    ``rpb`` (n, 2K-1, 2K-1); masked slots are ``-inf``. The caller applies the softmax (as NATTEN)."""
-    keys = _gather_neighbors(k, tables)
-    logits = (keys @ q.unsqueeze(-1)).squeeze(-1)
-    if rpb is not None:
-        n = rpb.shape[0]
-        bias = rpb.flatten(1).index_select(1, tables.bias_index).reshape(n, tables.queries, tables.slots)
-        logits = logits + bias.to(logits.dtype)
-    if tables.mask is not None:
-        logits = logits.masked_fill(tables.mask, float("-inf"))
-    return logits
+def _tile_queries(x: Tensor, plan: NAPlan) -> Tensor:
+    """``(B, n, L, D)`` -> ``(B, n, th, tw, T*T, D)``: every tile's queries."""
+    b, n, _, dim = x.shape
+    t = plan.tile
+    x = x.reshape(b, n, plan.height, plan.width, dim).index_select(2, plan.q_rows).index_select(3, plan.q_cols)
+    x = x.reshape(b, n, plan.tiles_h, t, plan.tiles_w, t, dim).permute(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(b, n, plan.tiles_h, plan.tiles_w, t * t, dim)
 
 
-def na_av(attn: Tensor, v: Tensor, tables: NATables) -> Tensor:
-    """Weighted sum ``(B, n, L, D)`` of each query's window of ``v`` with weights ``attn`` (B, n, L, K*K)."""
-    values = _gather_neighbors(v, tables)
-    return (attn.unsqueeze(-2) @ values).squeeze(-2)
+def _tile_regions(x: Tensor, plan: NAPlan) -> Tensor:
+    """``(B, n, L, D)`` -> ``(B, n, th, tw, R*R, D)``: every tile's key region."""
+    b, n, _, dim = x.shape
+    r = plan.region
+    x = x.reshape(b, n, plan.height, plan.width, dim).index_select(2, plan.k_rows).index_select(3, plan.k_cols)
+    x = x.reshape(b, n, plan.tiles_h, r, plan.tiles_w, r, dim).permute(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(b, n, plan.tiles_h, plan.tiles_w, r * r, dim)
+
+
+def _untile(y: Tensor, plan: NAPlan) -> Tensor:
+    """``(B, n, th, tw, T*T, D)`` -> ``(B, n, L, D)`` in raster order (repeated queries dropped)."""
+    b, n, _, _, _, dim = y.shape
+    t = plan.tile
+    y = y.reshape(b, n, plan.tiles_h, plan.tiles_w, t, t, dim).permute(0, 1, 2, 4, 3, 5, 6)
+    y = y.reshape(b, n, plan.tiles_h * t, plan.tiles_w * t, dim)
+    y = y.index_select(2, plan.slot_rows).index_select(3, plan.slot_cols)
+    return y.reshape(b, n, plan.height * plan.width, dim)
+
+
+def na_qk_tiled(q: Tensor, k: Tensor, plan: NAPlan, bias: Tensor) -> Tensor:
+    """Tiled logits ``(B, n, th, tw, T*T, R*R)`` of ``q``, ``k`` (B, n, L, D) plus :func:`na_bias`."""
+    return _tile_queries(q, plan) @ _tile_regions(k, plan).transpose(-1, -2) + bias
+
+
+def na_av_tiled(attn: Tensor, v: Tensor, plan: NAPlan) -> Tensor:
+    """``(B, n, L, D)``: each query's weighted sum of its region of ``v`` with tiled weights ``attn``."""
+    return _untile(attn @ _tile_regions(v, plan), plan)
+
+
+# ------------------------------------------------------------------- custom ops (eager: MAC counting)
+
+
+def _plan_args(plan: NAPlan) -> tuple[Tensor, ...]:
+    return (plan.q_rows, plan.q_cols, plan.k_rows, plan.k_cols, plan.slot_rows, plan.slot_cols)
+
+
+def _plan_from_args(args: tuple[Tensor, ...], kernel_size: int, tile: int) -> NAPlan:
+    q_rows, q_cols, k_rows, k_cols, slot_rows, slot_cols = args
+    empty = q_rows.new_empty(0)
+    return NAPlan(slot_rows.shape[0], slot_cols.shape[0], kernel_size, tile, q_rows.shape[0] // tile,
+                  q_cols.shape[0] // tile, q_rows, q_cols, k_rows, k_cols, empty, empty, empty, empty,
+                  slot_rows, slot_cols)
+
+
+@torch.library.custom_op("edgevit::na_qk", mutates_args=())
+def _na_qk_op(q: Tensor, k: Tensor, bias: Tensor, q_rows: Tensor, q_cols: Tensor, k_rows: Tensor,
+              k_cols: Tensor, slot_rows: Tensor, slot_cols: Tensor, kernel_size: int, tile: int) -> Tensor:
+    plan = _plan_from_args((q_rows, q_cols, k_rows, k_cols, slot_rows, slot_cols), kernel_size, tile)
+    return na_qk_tiled(q, k, plan, bias).contiguous()
+
+
+@_na_qk_op.register_fake
+def _na_qk_fake(q: Tensor, k: Tensor, bias: Tensor, q_rows: Tensor, q_cols: Tensor, k_rows: Tensor,
+                k_cols: Tensor, slot_rows: Tensor, slot_cols: Tensor, kernel_size: int, tile: int) -> Tensor:
+    r = tile + kernel_size - 1
+    return q.new_empty(q.shape[0], q.shape[1], q_rows.shape[0] // tile, q_cols.shape[0] // tile, tile * tile, r * r)
+
+
+@torch.library.custom_op("edgevit::na_av", mutates_args=())
+def _na_av_op(attn: Tensor, v: Tensor, q_rows: Tensor, q_cols: Tensor, k_rows: Tensor, k_cols: Tensor,
+              slot_rows: Tensor, slot_cols: Tensor, kernel_size: int, tile: int) -> Tensor:
+    plan = _plan_from_args((q_rows, q_cols, k_rows, k_cols, slot_rows, slot_cols), kernel_size, tile)
+    return na_av_tiled(attn, v, plan).contiguous()
+
+
+@_na_av_op.register_fake
+def _na_av_fake(attn: Tensor, v: Tensor, q_rows: Tensor, q_cols: Tensor, k_rows: Tensor, k_cols: Tensor,
+                slot_rows: Tensor, slot_cols: Tensor, kernel_size: int, tile: int) -> Tensor:
+    return v.new_empty(v.shape)
+
+
+def _window_flops(x_shape: tuple[int, ...], kernel_size: int) -> int:
+    """2 x MACs of one product over each query's K x K window (what NATTEN computes)."""
+    b, n, length, dim = x_shape
+    return 2 * b * n * length * kernel_size * kernel_size * dim
+
+
+@register_flop_formula(torch.ops.edgevit.na_qk)
+def _na_qk_flops(q_shape: tuple[int, ...], *args: object, out_shape: object = None, **kwargs: object) -> int:
+    return _window_flops(q_shape, int(args[-2]))  # args end with (kernel_size, tile)
+
+
+@register_flop_formula(torch.ops.edgevit.na_av)
+def _na_av_flops(attn_shape: tuple[int, ...], v_shape: tuple[int, ...], *args: object, out_shape: object = None,
+                 **kwargs: object) -> int:
+    return _window_flops(v_shape, int(args[-2]))
+
+
+def _plain_ops(*tensors: Tensor) -> bool:
+    """Tracing and autograd see the plain tiled ops; eager inference the counted custom ops."""
+    return tracing() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def na_qk(q: Tensor, k: Tensor, plan: NAPlan, rpb: Tensor | None = None) -> Tensor:
+    """Tiled neighborhood logits ``(B, n, th, tw, T*T, R*R)`` of ``q``, ``k`` (B, n, L, D) with the
+    relative bias ``rpb`` (n, 2K-1, 2K-1); keys outside a query's window are ``-inf``. The caller
+    applies the softmax over the last axis (as with NATTEN); :func:`na_av` consumes the result."""
+    bias = na_bias(plan, rpb, q.shape[1], q.dtype)
+    if _plain_ops(q, k, bias):
+        return na_qk_tiled(q, k, plan, bias)
+    return torch.ops.edgevit.na_qk(q, k, bias, *_plan_args(plan), plan.kernel_size, plan.tile)
+
+
+def na_av(attn: Tensor, v: Tensor, plan: NAPlan) -> Tensor:
+    """Weighted sum ``(B, n, L, D)`` of each query's window of ``v`` with the tiled weights ``attn``."""
+    if _plain_ops(attn, v):
+        return na_av_tiled(attn, v, plan)
+    return torch.ops.edgevit.na_av(attn, v, *_plan_args(plan), plan.kernel_size, plan.tile)

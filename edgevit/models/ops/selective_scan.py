@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from .constants import constant_tables, table_builder
+
 # Work is O(L * chunk) per channel and the chunk-end carry recurses on L / chunk states, so small chunks
 # win: at L = 3136 a chunk of 8 (4 levels) was several times faster on CPU than 32 or 64 (2 levels).
 DEFAULT_CHUNK = 8
@@ -57,6 +59,7 @@ def discretize(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tens
     return a, x
 
 
+@table_builder("scan_triangles")
 @functools.lru_cache(maxsize=32)
 def _triangle_masks_np(n: int) -> tuple[np.ndarray, np.ndarray]:
     """``[k > s]`` and ``[t >= s]`` over an ``n x n`` grid (constants of the traced graph)."""
@@ -72,7 +75,7 @@ def _segsum_scan(a: Tensor, x: Tensor) -> Tensor:
     catastrophically over long ranges), and ``s > t`` is set to ``-inf`` *before* ``exp`` so a strong
     decay can never produce ``inf * 0 = NaN``.
     """
-    after_s, on_or_below = (torch.from_numpy(m).to(a.device) for m in _triangle_masks_np(a.shape[-1]))
+    after_s, on_or_below = constant_tables("scan_triangles", (a.shape[-1],), (torch.bool,) * 2, a.device)
     seg = torch.where(after_s, a.unsqueeze(-1), 0.0).cumsum(-2)  # (..., t, s)
     seg = torch.where(on_or_below, seg, float("-inf"))
     return (seg.exp() @ x.unsqueeze(-1)).squeeze(-1)
