@@ -25,7 +25,7 @@ demo: $(STAMP)
 # Two workers, one per core: most of the suite's time is single-threaded export tracing, so this halves the
 # wall time; --dist loadfile keeps each file's module fixtures (one export shared by its tests) in one worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=25
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
