@@ -111,7 +111,9 @@ def export(to: str, out: Path, **values: Any) -> Path:
 
 # ExecuTorch lowers three programs here (minutes on 2 cores): slow; its options are also covered, fast, on a
 # small network in tests/exporters/test_executorch.py.
-@pytest.mark.parametrize("to", [pytest.param(t, marks=pytest.mark.slow) if t == "executorch" else t for t in CASES])
+# OpenVINO (80 s) is slow too: its options are covered fast in tests/exporters/test_openvino.py
+@pytest.mark.parametrize("to", [pytest.param(t, marks=pytest.mark.slow) if t in ("executorch", "openvino") else t
+                                for t in CASES])
 def test_every_allowed_option_changes_the_artifact_or_is_refused(to: str, tmp_path: Path,
                                                                  fake_tensorrt: None) -> None:
     baseline = artifact_bytes(export(to, tmp_path / "default"))

@@ -60,7 +60,8 @@ def _ops(path: Path) -> list[tuple[str, str]]:
     return [(n.domain, n.op_type) for n in onnx.load(str(path)).graph.node]
 
 
-@pytest.mark.parametrize("size", [(224, 224), (200, 260)])
+# 200x260 (150 s) is slow: the fast suite keeps 224 here and 200x260 in the eager reference test
+@pytest.mark.parametrize("size", [(224, 224), pytest.param((200, 260), marks=pytest.mark.slow)])
 def test_nano_decomposed_export_parity(tmp_path: Path, nano_weights: Path, size: tuple[int, int]) -> None:
     # 200x260: odd, non-square, per-axis dilations, global bias resized 49 -> 63 tokens
     report = pipeline.export("a2mamba-n", output=tmp_path / "n.onnx", input_size=size,

@@ -218,7 +218,7 @@ def test_verify_rejects_single_node_mutants_in_onnxruntime(name: str, tmp_path: 
     _run(name, FAST_KINDS[name][:FAST_SUITE_KINDS.get(name)], "onnxruntime", tmp_path, tmp_path_factory)
 
 
-@pytest.mark.parametrize("name", _families(("a2mamba-n",)))
+@pytest.mark.parametrize("name", _families(()))  # ~100 s per family: the fast suite mutates in ORT only
 def test_verify_rejects_single_node_mutants_in_openvino(name: str, tmp_path: Path,
                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
     pytest.importorskip("openvino")

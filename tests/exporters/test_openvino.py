@@ -33,7 +33,8 @@ needs_nncf = pytest.mark.skipif(importlib.util.find_spec("nncf") is None,
                                 reason="INT8 export needs nncf: pip install -e '.[openvino-int8]' (in the dev extra)")
 
 
-@pytest.mark.parametrize("name", MODELS)
+# a2mamba-n (180 s) is slow here: its OpenVINO parity stays fast in test_a2mamba_custom_scan_is_inlined_and_matches
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "a2mamba-n" else n for n in MODELS])
 def test_smallest_variant_of_every_family_matches_pytorch_in_f32(
         name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     ir = exported_ir(tmp_path_factory, name)

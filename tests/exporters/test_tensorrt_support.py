@@ -30,7 +30,9 @@ def small_size(name: str) -> int:
     return max(card.min_input_size, 64 + (-64) % m)
 
 
-@pytest.mark.parametrize("name", smallest_variant_per_family())
+# a2mamba-n (140 s) is slow: its decomposed scan and gathers use only ops listed for the other families too
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("a2mamba") else n
+                                  for n in smallest_variant_per_family()])
 def test_exported_graph_only_uses_tensorrt_supported_ops(name: str, tmp_path: Path) -> None:
     out = pipeline.export(name, output=tmp_path / f"{name}.onnx", input_size=small_size(name), verify=False).path
     assert tensorrt_problems(onnx.load(str(out))) == []
