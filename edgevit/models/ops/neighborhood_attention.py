@@ -200,22 +200,21 @@ def na_bias(plan: NAPlan, rpb: Tensor | None, heads: int, dtype: torch.dtype) ->
     return bias.to(dtype) + mask
 
 
-def _tile_queries(x: Tensor, plan: NAPlan) -> Tensor:
-    """``(B, n, L, D)`` -> ``(B, n, th, tw, T*T, D)``: every tile's queries."""
+def _gather_tiles(x: Tensor, plan: NAPlan, rows: Tensor, cols: Tensor, side: int) -> Tensor:
+    """``(B, n, L, D)`` -> ``(B, n, th, tw, side*side, D)``: the ``side x side`` block each tile reads
+    (its queries, or its shared key region), gathered by constant row/column tables."""
     b, n, _, dim = x.shape
-    t = plan.tile
-    x = x.reshape(b, n, plan.height, plan.width, dim).index_select(2, plan.q_rows).index_select(3, plan.q_cols)
-    x = x.reshape(b, n, plan.tiles_h, t, plan.tiles_w, t, dim).permute(0, 1, 2, 4, 3, 5, 6)
-    return x.reshape(b, n, plan.tiles_h, plan.tiles_w, t * t, dim)
+    x = x.reshape(b, n, plan.height, plan.width, dim).index_select(2, rows).index_select(3, cols)
+    x = x.reshape(b, n, plan.tiles_h, side, plan.tiles_w, side, dim).permute(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(b, n, plan.tiles_h, plan.tiles_w, side * side, dim)
+
+
+def _tile_queries(x: Tensor, plan: NAPlan) -> Tensor:
+    return _gather_tiles(x, plan, plan.q_rows, plan.q_cols, plan.tile)
 
 
 def _tile_regions(x: Tensor, plan: NAPlan) -> Tensor:
-    """``(B, n, L, D)`` -> ``(B, n, th, tw, R*R, D)``: every tile's key region."""
-    b, n, _, dim = x.shape
-    r = plan.region
-    x = x.reshape(b, n, plan.height, plan.width, dim).index_select(2, plan.k_rows).index_select(3, plan.k_cols)
-    x = x.reshape(b, n, plan.tiles_h, r, plan.tiles_w, r, dim).permute(0, 1, 2, 4, 3, 5, 6)
-    return x.reshape(b, n, plan.tiles_h, plan.tiles_w, r * r, dim)
+    return _gather_tiles(x, plan, plan.k_rows, plan.k_cols, plan.region)
 
 
 def _untile(y: Tensor, plan: NAPlan) -> Tensor:
