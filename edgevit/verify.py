@@ -84,18 +84,39 @@ UNIFORM_LEVELS = (1.0, 1.5, -1.5)
 UNIFORM_UINT8_LEVELS = (128, 200, 60)  # the same idea for an artifact that takes uint8 images
 
 
-def uniform_inputs(batch: int, input_size: tuple[int, int]) -> np.ndarray:
-    """Images of one constant value each, the second batch every verification runs.
+def uniform_inputs(batch: int, input_size: tuple[int, int],
+                   colours: tuple[tuple[float, float, float], ...] = ()) -> np.ndarray:
+    """Images of one constant value each, the second set of images every verification runs: ``batch``
+    grey levels (:data:`UNIFORM_LEVELS`), then one image per flat ``colour``, cycled up to a multiple of
+    ``batch`` (an artifact with a fixed batch runs them in several calls).
 
     Seeded noise makes every token different, so a data-dependent choice between *equal* values never
     happens on it: PartialFormer's rule for context scores tied at the foreground boundary (lower token
     index wins, a cumulative count of the tied tokens) was never exercised, and a graph that broke it
     still verified. In a uniform image every token away from the border is equal in exact arithmetic,
     and the model's score grid makes such tokens tie exactly in every runtime (``partialformer.
-    context_score``), so the tie rule decides real foreground slots here. A blank frame is also an
-    input a deployed model meets."""
-    levels = np.resize(np.asarray(UNIFORM_LEVELS, np.float32), batch)
-    return np.broadcast_to(levels[:, None, None, None], (batch, 3, *input_size)).copy()
+    context_score``), so the tie rule decides real foreground slots here. Grey levels tie only in the
+    blocks whose maps have an interior; the variant's measured ``colours`` (model card
+    ``verification_colours``) make the deeper blocks tie too. A blank frame is also an input a deployed
+    model meets."""
+    levels = np.resize(np.asarray(UNIFORM_LEVELS, np.float32), (batch, 1))
+    values = np.concatenate([np.repeat(levels, 3, axis=1), np.asarray(colours, np.float32).reshape(-1, 3)])
+    values = np.resize(values, (-(-len(values) // batch) * batch, 3))
+    return np.broadcast_to(values[:, :, None, None], (len(values), 3, *input_size)).copy()
+
+
+# Verification colours were measured with the reference weights of this seed; other weights get grey levels.
+COLOUR_SEED = 0
+
+
+def verification_colours(reference: Runner) -> tuple[tuple[float, float, float], ...]:
+    """The flat colours measured for the reference model's variant, size and weights (else none)."""
+    meta = reference.metadata
+    if meta is None or meta.weights != f"reference(seed={COLOUR_SEED})":
+        return ()
+    from .models.registry import get_model_card
+
+    return get_model_card(meta.model).colours_for(meta.input_size)
 
 
 def structure_problems(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> list[str]:
@@ -165,10 +186,18 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     return ParityReport(results, atol, rtol, top1)
 
 
+def _run_in_batches(runner: Runner, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """``runner`` on ``x`` in calls of ``batch`` images (what an artifact with a fixed batch takes)."""
+    parts = [runner.run(x[i:i + batch]) for i in range(0, len(x), batch)]
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
+
+
 def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: tuple[int, int], *,
                   seed: int = 0, atol: float = 0.0, rtol: float = 1e-4) -> ParityReport:
-    """Run two batches through both runners, the seeded one and uniform images (:func:`uniform_inputs`),
-    and compare every output of both; each output reports its worse batch, top-1 agreement the seeded one.
+    """Run two sets of images through both runners, the seeded batch and uniform images
+    (:func:`uniform_inputs`, with the reference variant's :func:`verification_colours`), and compare every output of both; each output reports its worse batch, top-1 agreement the seeded one.
 
     The uniform batch runs only for an fp32 candidate: a reduced-precision runtime computes tokens that are
     equal in exact arithmetic with rounding differences of ~1e-3, as large as the score grid, so their ties
@@ -178,24 +207,24 @@ def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: 
     ``--embed-preprocess``) gets seeded synthetic images and uniform uint8 images; the reference gets
     them normalised.
     """
-    batches = {"seeded": (seeded_inputs(batch, input_size, seed),) * 2,
-               "uniform": (uniform_inputs(batch, input_size),) * 2}
+    uniform = uniform_inputs(batch, input_size, verification_colours(reference))
+    batches = {"seeded": (seeded_inputs(batch, input_size, seed),) * 2, "uniform": (uniform,) * 2}
     if len(candidate.inputs) == 1 and candidate.inputs[0].dtype == "uint8":
         from .images import synthetic_images, to_tensor
 
         if candidate.metadata is None:
             raise ArtifactError("a uint8-input artifact needs its edgevit metadata (mean/std) to be verified; "
                                 "re-export it with `edgevit export --embed-preprocess`")
-        uniform = np.resize(np.asarray(UNIFORM_UINT8_LEVELS, np.uint8), batch)
-        feeds = {"seeded": synthetic_images(batch, input_size, seed),
-                 "uniform": np.broadcast_to(uniform[:, None, None, None], (batch, *input_size, 3)).copy()}
+        grey = np.resize(np.asarray(UNIFORM_UINT8_LEVELS, np.uint8), batch)  # no colours: uint8 rounding
+        feeds = {"seeded": synthetic_images(batch, input_size, seed),  # moves them off the measured values
+                 "uniform": np.broadcast_to(grey[:, None, None, None], (batch, *input_size, 3)).copy()}
         batches = {k: (to_tensor(f, candidate.metadata.mean, candidate.metadata.std), f) for k, f in feeds.items()}
     if candidate.info.precision != "fp32":  # equal tokens round differently in fp16/bf16: no exact ties
         del batches["uniform"]
     declared = batch_axis_problems(candidate)
     reports = {}
     for label, (x, feed) in batches.items():
-        ref_out, cand_out = reference.run(x), candidate.run(feed)
+        ref_out, cand_out = _run_in_batches(reference, x, batch), _run_in_batches(candidate, feed, batch)
         raise_structure_problems(declared + structure_problems(ref_out, cand_out))
         reports[label] = compare_outputs(ref_out, cand_out, atol, rtol)
     worst = [max((replace(r.outputs[i], inputs=label) for label, r in reports.items()),

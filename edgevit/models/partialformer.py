@@ -323,6 +323,19 @@ _VARIANTS = (
     _Variant("b4", 96, (2, 2, 8, 6), (6, 12, 24, 48), 64.5, 6.8, 83.9),
 )
 
+# Flat colours verification adds (ModelCard.verification_colours): with the grey frames they make the tie rule
+# decide a foreground slot in every block, every deciding score >= 0.02 grid steps from a grid line (fp32
+# rounding moved scores <= 0.0073 steps at 224, measured). Found by scripts/find_tie_frames.py (reference
+# weights, seed 0); the smallest variant only, at the default size and at 64x64 (the mutation test's size).
+_VERIFICATION_COLOURS = {
+    "b0": (((224, 224), ((1.445, 0.929, 0.407), (-1.449, 1.935, -1.989), (-1.902, 0.694, 1.676),
+                         (0.993, -0.229, -1.163), (-1.547, -0.136, -1.632), (-0.913, 0.305, 1.222),
+                         (-0.681, 0.085, 1.149))),
+           ((64, 64), ((-1.396, 0.495, 0.093), (0.228, 1.075, -0.853), (-1.79, -1.197, -0.36),
+                       (-0.865, -1.973, 0.381), (0.071, -1.486, 0.1), (-1.833, -1.567, 0.075),
+                       (-0.642, 1.882, -1.576), (0.697, -1.357, 0.347), (-1.917, 1.538, -0.536)))),
+}
+
 _NOTES = (
     "No official code or checkpoints: the architecture is a reconstruction per docs/models/partialformer.md "
     "(widths C*(1,2,4,8), conv patch embeddings, context score on pre-norm tokens, N_F = min(49, N//4), "
@@ -358,6 +371,7 @@ def _register() -> None:
                 source="Dissertation Table 5.1 (params, GFLOPs as MACs), Tables 5.2/5.3 (top-1, 224, 300 ep)",
             ),
             notes=_NOTES,
+            verification_colours=_VERIFICATION_COLOURS.get(v.name, ()),
             options=(NUM_CLASSES,
                      ModelOption("max_foreground", "ints", "foreground tokens per stage", minimum=1, length=4),
                      ModelOption("mlp_ratio", "int", "MLP expansion", minimum=1)),

@@ -104,9 +104,18 @@ class ModelCard:
     reported: ReportedFigures = field(default_factory=ReportedFigures)
     notes: str = ""
     options: tuple[ModelOption, ...] = (NUM_CLASSES,)  # constructor options users may set
+    # Flat-colour frames (normalised per-channel values) verification adds for an input size, on which the
+    # variant's data-dependent choices between *equal* values really decide something with its reference
+    # weights (seed 0): e.g. PartialFormer's tie rule at every block's foreground boundary. Measured by
+    # scripts/find_tie_frames.py; ((height, width), (colour, ...)) pairs.
+    verification_colours: tuple[tuple[tuple[int, int], tuple[tuple[float, float, float], ...]], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def colours_for(self, input_size: tuple[int, int]) -> tuple[tuple[float, float, float], ...]:
+        """The verification colours measured for ``input_size`` (none for other sizes)."""
+        return next((c for size, c in self.verification_colours if tuple(size) == tuple(input_size)), ())
 
     def check_options(self, options: dict[str, Any]) -> None:
         """Refuse an option the family does not declare, or a value it does not allow, naming what it takes."""
@@ -185,6 +194,8 @@ def create_model(
         torch.manual_seed(seed)
         model = entry.builder(features_only=features_only, **overrides)
     model.card = entry.card  # type: ignore[assignment]
+    from .init import weights_label
+
     if weights is not None:
         from .checkpoint import load_checkpoint
 
@@ -193,4 +204,6 @@ def create_model(
         from .init import reference_init
 
         reference_init(model, seed)
+    # what the model's outputs depend on besides its input, for runners and verification to report
+    model.weights_label = weights_label(weights, seed)  # type: ignore[assignment]
     return model.eval()

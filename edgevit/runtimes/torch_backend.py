@@ -54,7 +54,8 @@ class TorchRunner(Runner):
             self.metadata = ArtifactMetadata(model=card.name, input_size=input_size or card.input_size,
                                              mean=card.mean, std=card.std, batch=None,
                                              output_names=tuple(o.name for o in self.outputs),
-                                             features_only=bool(getattr(model, "features_only", False)))
+                                             features_only=bool(getattr(model, "features_only", False)),
+                                             weights=getattr(model, "weights_label", "unknown"))
         details = {"torch": torch.__version__}
         if self.device.type == "cuda":
             details["gpu"] = torch.cuda.get_device_name(self.device)
