@@ -84,15 +84,6 @@ KNOWN_WEAK: dict[tuple[str, str, str, str], str] = {
     # EMSNet's last C-MHSA softmax runs over a 2x2 map at 64x64, so changing its axis moves the logits by only
     # 1.8e-6 (measured); rejected at 224 (7x7 map, 2.7e-2): test_emsnet_onnx.py
     ("emsnet-xxtiny", "Softmax", "last", "axis"): "tiny last-stage attention map at 64x64, 1.8e-6 relative",
-    # PartialFormer's CumSum ranks the tokens *tied* at the k-th score; it matters only where verification's
-    # inputs tie at a block's N_F boundary. The uniform images tie exactly where tokens are equal in exact
-    # arithmetic, i.e. away from the zero padding; seeded noise ties on the score grid only by chance. At
-    # 64x64 (one uniform image) that is blocks 1 and 3 (measured); the 8x8..2x2 maps of the later blocks are
-    # all border. At 224 the verification batch ties in blocks 1-7, 9, 11 and 16, where a broken tie rank is
-    # rejected (checked on the first and last: test_partialformer_onnx.py); in blocks 8, 10 and 12-15 the tie
-    # rule is checked only with constructed scores (test_selection_ties_in_onnxruntime), never by verify.
-    **{("partialformer-b0", "CumSum", occ, mut): "no boundary tie at this block at 64x64"
-       for occ in ("1", *map(str, range(3, 15)), "last") for mut in ("exclusive", "reverse")},
 }
 
 
