@@ -97,7 +97,8 @@ def uniform_inputs(batch: int, input_size: tuple[int, int],
     and the model's score grid makes such tokens tie exactly in every runtime (``partialformer.
     context_score``), so the tie rule decides real foreground slots here. Grey levels tie only in the
     blocks whose maps have an interior; the variant's measured ``colours`` (model card
-    ``verification_colours``) make the deeper blocks tie too. A blank frame is also an input a deployed
+    ``verification_colours``) make the deeper blocks tie too (and, for A2Mamba, make the last stage's
+    scan carry move the logits well past the tolerance). A blank frame is also an input a deployed
     model meets."""
     levels = np.resize(np.asarray(UNIFORM_LEVELS, np.float32), (batch, 1))
     values = np.concatenate([np.repeat(levels, 3, axis=1), np.asarray(colours, np.float32).reshape(-1, 3)])

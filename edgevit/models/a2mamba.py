@@ -446,6 +446,16 @@ _VARIANT_NOTES = {
 }
 
 
+# Flat colours verification adds (ModelCard.verification_colours). On seeded noise the last stage's scan moves
+# the logits of the smallest variant little: breaking its inter-chunk carry at 224 (the last CumSum
+# exclusive or reversed, or its Exp made Softplus) changed them by 1.9e-5..6.2e-5 relative, under the 1e-4
+# tolerance. On these frames the same mutants move them by 1.7e-4..7.6e-4 (measured in ONNX Runtime with the
+# reference weights, seed 0, over 48 candidate frames), so verify sees them.
+_VERIFICATION_COLOURS = {
+    "n": (((224, 224), ((0.268, 1.684, -1.177), (-0.807, 0.967, 0.889))),),
+}
+
+
 def _register() -> None:
     for v in _VARIANTS:
         card = ModelCard(
@@ -467,6 +477,7 @@ def _register() -> None:
                   f"Eval: bicubic resize, crop_pct {v.crop_pct}, ImageNet mean/std. Any input >= 64 px runs "
                   f"(official NATTEN needs >= 193 px; smaller maps use edgevit's masked-window extension)."
                   + _VARIANT_NOTES.get(v.name, ""),
+            verification_colours=_VERIFICATION_COLOURS.get(v.name, ()),
             options=(NUM_CLASSES,
                      ModelOption("kernel_sizes", "ints", "neighbourhood-attention kernel per stage",
                                  minimum=1, length=4)),

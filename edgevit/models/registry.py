@@ -104,10 +104,10 @@ class ModelCard:
     reported: ReportedFigures = field(default_factory=ReportedFigures)
     notes: str = ""
     options: tuple[ModelOption, ...] = (NUM_CLASSES,)  # constructor options users may set
-    # Flat-colour frames (normalised per-channel values) verification adds for an input size, on which the
-    # variant's data-dependent choices between *equal* values really decide something with its reference
-    # weights (seed 0): e.g. PartialFormer's tie rule at every block's foreground boundary. Measured by
-    # scripts/find_tie_frames.py; ((height, width), (colour, ...)) pairs.
+    # Flat-colour frames (normalised per-channel values) verification adds for an input size, measured with
+    # the reference weights (seed 0) so that a path seeded noise barely exercises decides the output there:
+    # PartialFormer's tie rule at every block's foreground boundary (scripts/find_tie_frames.py), A2Mamba's
+    # last inter-chunk scan carry. ((height, width), (colour, ...)) pairs.
     verification_colours: tuple[tuple[tuple[int, int], tuple[tuple[float, float, float], ...]], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:

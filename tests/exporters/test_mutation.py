@@ -9,7 +9,9 @@ function, or in ``KNOWN_WEAK`` (too small to see at 64x64; each is checked at th
 family test that already exports it there). Verification runs seeded and uniform images
 (:func:`edgevit.verify.verify_runner`). The fast tests mutate the first, middle and last occurrence of
 A2Mamba's and MAT's export-friendly op kinds; ``-m slow`` adds the other families, their other kinds
-(``FAST_KINDS``) and a run over every occurrence of every mutable kind.
+(``FAST_KINDS``), a run over every occurrence of every mutable kind, and the user's artifact: the default
+224x224 export, every mutable kind at its first, middle and last occurrence, in both runtimes
+(``test_verify_rejects_mutants_of_the_default_export``, ~30 min on 2 cores).
 Run with ``-rP`` for the per-family table (tried / killed / excluded).
 """
 
@@ -63,6 +65,12 @@ EQUIVALENT: dict[tuple[str, ...], str] = {
         "other groups' tokens, still one finite constant per (group, channel), and intra = sum(e t) / sum(e) "
         "is invariant to it; differs only by exp overflow/underflow (|x| ~ 1 here) or when one group holds "
         "every token. Measured 2.6e-6..3.2e-6 relative, rounding level",
+    ("dualformer-t", "Sub", "->Add"):
+        "every Sub of DualFormer's graph is MHPA's stabiliser x - c_k of the segment softmax e = exp(x - c_k) "
+        "(c_k = group max, per group and channel); exp(x + c_k) = exp(x - c_k) * exp(2 c_k), one factor per "
+        "(group, channel), which cancels in intra = sum(e t) / sum(e) over the group; differs only by exp "
+        "overflow/underflow or the denominator's EPS clamp (sum(e) >= exp(2 c_k), |c_k| ~ 1 here). Measured "
+        "1.0e-6..1.2e-6 relative at 224 in ONNX Runtime and OpenVINO, rounding level",
     ("partialformer-b0", "Floor", "->Ceil"):
         "ceil(s) = floor(s) + 1 for every non-integer score, a constant shift of all scores of a block, "
         "which TopK and the tie rule ignore; it differs only for scores exactly on the 2^-10 grid",
