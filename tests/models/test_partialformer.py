@@ -14,8 +14,8 @@ from edgevit.errors import InputShapeError
 from edgevit.models import count_macs, count_params, create_model, get_model_card, list_models
 from edgevit.models import partialformer as pf
 from tests.models.partialformer_reference import (
-    boundary_tie_report,
     TieRecorder,
+    boundary_tie_report,
     make_attention,
     merge_heads,
     reference_order,
