@@ -112,11 +112,11 @@ COLOUR_SEED = 0
 
 def verification_colours(reference: Runner) -> tuple[tuple[float, float, float], ...]:
     """The flat colours measured for the reference model's variant, size and weights (else none)."""
-    meta = reference.metadata
-    if meta is None or meta.weights != f"reference(seed={COLOUR_SEED})":
-        return ()
-    from .models.registry import get_model_card
+    from .models import get_model_card, weights_label
 
+    meta = reference.metadata
+    if meta is None or meta.weights != weights_label(None, COLOUR_SEED):
+        return ()
     return get_model_card(meta.model).colours_for(meta.input_size)
 
 
@@ -198,7 +198,8 @@ def _run_in_batches(runner: Runner, x: np.ndarray, batch: int) -> dict[str, np.n
 def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: tuple[int, int], *,
                   seed: int = 0, atol: float = 0.0, rtol: float = 1e-4) -> ParityReport:
     """Run two sets of images through both runners, the seeded batch and uniform images
-    (:func:`uniform_inputs`, with the reference variant's :func:`verification_colours`), and compare every output of both; each output reports its worse batch, top-1 agreement the seeded one.
+    (:func:`uniform_inputs`, with the reference variant's :func:`verification_colours`), and compare every
+    output of both; each output reports its worse set, top-1 agreement the seeded one.
 
     The uniform batch runs only for an fp32 candidate: a reduced-precision runtime computes tokens that are
     equal in exact arithmetic with rounding differences of ~1e-3, as large as the score grid, so their ties

@@ -105,3 +105,28 @@ def test_verification_also_runs_uniform_images_where_ties_are_exact() -> None:
     half = _TieRule(broken=True)
     half.info = RunnerInfo("fake", "fp16")  # equal tokens round differently in fp16: no exact ties to test
     assert verify_runner(_TieRule(), half, 2, (8, 8)).inputs == ("seeded",)
+
+
+def test_verification_colours_only_for_the_weights_they_were_measured_with() -> None:
+    """A card's colours were measured with the reference weights of COLOUR_SEED: another seed or a checkpoint
+    gets the grey frames only (the colours' distance from the score grid is not known for them)."""
+    from dataclasses import replace
+
+    from edgevit.models import get_model_card
+    from edgevit.verify import verification_colours
+
+    colours = get_model_card("partialformer-b0").colours_for((224, 224))
+    assert colours and get_model_card("partialformer-b0").colours_for((256, 192)) == ()
+    runner = _TieRule()
+    runner.metadata = ArtifactMetadata("partialformer-b0", (224, 224), (0.5,) * 3, (0.5,) * 3, None)
+    assert verification_colours(runner) == colours
+    assert uniform_shape(runner, 2) == (2 + len(colours) + 1, 3, 224, 224)  # cycled to whole calls of 2
+    for weights in ("reference(seed=1)", "/models/b0.pth"):
+        runner.metadata = replace(runner.metadata, weights=weights)
+        assert verification_colours(runner) == ()
+
+
+def uniform_shape(runner: Runner, batch: int) -> tuple[int, ...]:
+    from edgevit.verify import uniform_inputs, verification_colours
+
+    return uniform_inputs(batch, runner.metadata.input_size, verification_colours(runner)).shape
