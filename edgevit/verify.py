@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .errors import EXIT_USER_ERROR, ArtifactError, VerificationError
-from .runtimes.base import Runner
+from .runtimes.base import Runner, run_in_calls
 
 
 class OutputMismatchError(VerificationError, ValueError):
@@ -102,8 +102,13 @@ def uniform_inputs(batch: int, input_size: tuple[int, int],
     model meets."""
     levels = np.resize(np.asarray(UNIFORM_LEVELS, np.float32), (batch, 1))
     values = np.concatenate([np.repeat(levels, 3, axis=1), np.asarray(colours, np.float32).reshape(-1, 3)])
-    values = np.resize(values, (-(-len(values) // batch) * batch, 3))
-    return np.broadcast_to(values[:, :, None, None], (len(values), 3, *input_size)).copy()
+    return flat_frames(np.resize(values, (-(-len(values) // batch) * batch, 3)), input_size)
+
+
+def flat_frames(colours: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """(N, 3, H, W) float32 images, image i filled with the normalised per-channel values ``colours[i]``."""
+    colours = np.asarray(colours, np.float32)
+    return np.broadcast_to(colours[:, :, None, None], (len(colours), 3, *input_size)).copy()
 
 
 # Verification colours were measured with the reference weights of this seed; other weights get grey levels.
@@ -187,14 +192,6 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     return ParityReport(results, atol, rtol, top1)
 
 
-def _run_in_batches(runner: Runner, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    """``runner`` on ``x`` in calls of ``batch`` images (what an artifact with a fixed batch takes)."""
-    parts = [runner.run(x[i:i + batch]) for i in range(0, len(x), batch)]
-    if len(parts) == 1:
-        return parts[0]
-    return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
-
-
 def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: tuple[int, int], *,
                   seed: int = 0, atol: float = 0.0, rtol: float = 1e-4) -> ParityReport:
     """Run two sets of images through both runners, the seeded batch and uniform images
@@ -226,7 +223,7 @@ def verify_runner(reference: Runner, candidate: Runner, batch: int, input_size: 
     declared = batch_axis_problems(candidate)
     reports = {}
     for label, (x, feed) in batches.items():
-        ref_out, cand_out = _run_in_batches(reference, x, batch), _run_in_batches(candidate, feed, batch)
+        ref_out, cand_out = run_in_calls(reference, x, batch), run_in_calls(candidate, feed, batch)
         raise_structure_problems(declared + structure_problems(ref_out, cand_out))
         reports[label] = compare_outputs(ref_out, cand_out, atol, rtol)
     worst = [max((replace(r.outputs[i], inputs=label) for label, r in reports.items()),

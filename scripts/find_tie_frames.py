@@ -18,12 +18,8 @@ import numpy as np
 import torch
 
 from edgevit.models import create_model
-from edgevit.verify import COLOUR_SEED, uniform_inputs
+from edgevit.verify import COLOUR_SEED, flat_frames, uniform_inputs
 from tests.models.partialformer_reference import boundary_tie_report
-
-
-def frames(colours: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    return torch.from_numpy(np.broadcast_to(colours[:, :, None, None], (len(colours), 3, *size)).copy())
 
 
 def main() -> None:
@@ -45,7 +41,7 @@ def main() -> None:
     colours = np.random.default_rng(args.seed).uniform(-2, 2, (args.pool, 3)).round(3).astype(np.float32)
     ties, dists = [], []
     for i in range(0, len(colours), 32):
-        t, d = boundary_tie_report(model, frames(colours[i:i + 32], size))
+        t, d = boundary_tie_report(model, torch.from_numpy(flat_frames(colours[i:i + 32], size)))
         ties.append(t), dists.append(d)
     tie, dist = torch.cat(ties, 1).numpy(), torch.cat(dists, 1).numpy()
     safe = (dist >= args.min_distance).all(0)

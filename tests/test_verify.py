@@ -113,20 +113,16 @@ def test_verification_colours_only_for_the_weights_they_were_measured_with() -> 
     from dataclasses import replace
 
     from edgevit.models import get_model_card
-    from edgevit.verify import verification_colours
+    from edgevit.verify import uniform_inputs, verification_colours
 
     colours = get_model_card("partialformer-b0").colours_for((224, 224))
     assert colours and get_model_card("partialformer-b0").colours_for((256, 192)) == ()
     runner = _TieRule()
     runner.metadata = ArtifactMetadata("partialformer-b0", (224, 224), (0.5,) * 3, (0.5,) * 3, None)
     assert verification_colours(runner) == colours
-    assert uniform_shape(runner, 2) == (2 + len(colours) + 1, 3, 224, 224)  # cycled to whole calls of 2
+    frames = uniform_inputs(2, (224, 224), verification_colours(runner))
+    assert frames.shape == (2 + len(colours) + 1, 3, 224, 224)  # cycled to whole calls of 2
     for weights in ("reference(seed=1)", "/models/b0.pth"):
         runner.metadata = replace(runner.metadata, weights=weights)
         assert verification_colours(runner) == ()
 
-
-def uniform_shape(runner: Runner, batch: int) -> tuple[int, ...]:
-    from edgevit.verify import uniform_inputs, verification_colours
-
-    return uniform_inputs(batch, runner.metadata.input_size, verification_colours(runner)).shape

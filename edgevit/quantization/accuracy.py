@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import EdgevitError
 from ..images import synthetic_images, to_tensor
-from ..runtimes.base import Runner
+from ..runtimes.base import Runner, run_in_calls
 
 EVAL_COUNT = 500
 EVAL_SEED = 20260  # not calibration.CALIB_SEED: the ranges must not be fitted on the images that judge them
@@ -134,14 +134,8 @@ def measure_agreement(reference: Runner, candidate: Runner, size: tuple[int, int
     spec = candidate.inputs[0]
     feed = images if spec.dtype == "uint8" else x
     step = spec.shape[0] if isinstance(spec.shape[0], int) else 16
-    refs, cands = [], []
-    for i in range(0, count, step):
-        rows = slice(i, min(i + step, count))
-        pad = step - (rows.stop - rows.start) if isinstance(spec.shape[0], int) else 0
-        cand_in = feed[rows] if not pad else np.concatenate([feed[rows], feed[:pad]])
-        refs.append(_logits(reference.run(x[rows])))
-        cands.append(_logits(candidate.run(cand_in))[:rows.stop - rows.start])
-    report = compare_logits(np.concatenate(refs), np.concatenate(cands), threshold)
+    refs, cands = _logits(run_in_calls(reference, x, step)), _logits(run_in_calls(candidate, feed, step))
+    report = compare_logits(refs, cands, threshold)
     return replace(report, candidate=f"{candidate.info.backend} ({candidate.info.precision})")
 
 

@@ -59,6 +59,20 @@ def check_dtype(spec: TensorSpec, got: np.dtype, backend: str) -> None:
     raise InputTypeError(f"input {spec.name!r} is {got}, but the {backend} model takes {want}; {fix}")
 
 
+def run_in_calls(runner: Runner, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """``runner`` on the images ``x`` in calls of ``batch`` (what an artifact with a fixed batch takes), the
+    last call padded with images from the start (cycled) and the padding dropped from the outputs."""
+    parts = []
+    for start in range(0, len(x), batch):
+        rows = x[start:start + batch]
+        pad = batch - len(rows)
+        out = runner.run(np.concatenate([rows, np.resize(x, (pad, *x.shape[1:]))]) if pad else rows)
+        parts.append({name: np.asarray(value)[:len(rows)] for name, value in out.items()})
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 class Runner(ABC):
     """A loaded model ready for inference.
 

@@ -140,7 +140,7 @@ def boundary_tie_report(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.
     A distance of ~1e-3 steps is fp32 rounding (kernels sum in different orders): such a token can land in
     another cell on another CPU or runtime and change the selection, so an input meant to exercise the tie
     rule must keep it well above that (``MIN_GRID_DISTANCE`` in the tests)."""
-    straddles, distances, raw_scores = [], [], []
+    recorder, distances, raw_scores = TieRecorder(), [], []
 
     def score(tokens: torch.Tensor) -> torch.Tensor:
         raw = tokens.float().mean(dim=-1) / pf.SCORE_GRID
@@ -150,8 +150,6 @@ def boundary_tie_report(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.
     def select(quantised: torch.Tensor, k: int):
         raw = raw_scores.pop()
         kth = quantised.float().topk(k, dim=1).values[:, -1:]
-        tied = quantised == kth
-        straddles.append((quantised > kth).sum(1) + tied.sum(1) > k)
         above_line, below_line = raw - quantised, quantised + 1 - raw  # to the cell's lower / upper line
         # the lines a token may cross to join or leave the k-th cell: both for the cell's own tokens, the
         # lower line for the cell above it, the upper line for the cell below it
@@ -159,7 +157,7 @@ def boundary_tie_report(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.
                                torch.where(quantised == kth + 1, above_line,
                                            torch.where(quantised == kth - 1, below_line, torch.ones_like(raw))))
         distances.append(distance.amin(1))
-        return SELECT(quantised, k)
+        return recorder(quantised, k)
 
     original = pf.context_score, pf.select_foreground
     pf.context_score, pf.select_foreground = score, select
@@ -168,4 +166,4 @@ def boundary_tie_report(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.
             model(x)
     finally:
         pf.context_score, pf.select_foreground = original
-    return torch.stack(straddles), torch.stack(distances)
+    return torch.stack([m.any(dim=1) for m in recorder.boundary_masks]), torch.stack(distances)
