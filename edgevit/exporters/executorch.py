@@ -35,6 +35,7 @@ PTE_SUFFIX = ".pte"
 MANIFEST_SUFFIX = ".json"  # appended: model.pte -> model.pte.json
 DELEGATES = ("xnnpack", "portable")  # portable: no delegate, ExecuTorch's portable/optimized kernels only
 INPUT_NAME = "input"
+XNNPACK_MAX_DIMS = 6  # XNN_MAX_TENSOR_DIMS: the most dimensions an XNNPACK tensor can have
 # Ops that only relabel memory (no arithmetic) cost nothing in the compute estimate.
 _VIEW_OPS = {"view", "view_copy", "_unsafe_view", "squeeze_copy", "unsqueeze_copy", "alias_copy", "alias",
              "expand_copy", "getitem"}
@@ -173,6 +174,8 @@ def export_executorch(model: nn.Module, path: str | Path, options: ExecuTorchOpt
                 from .xnnpack_forms import xnnpack_decompositions
 
                 program = program.run_decompositions(xnnpack_decompositions())
+            if options.delegate == "xnnpack":
+                check_xnnpack_ranks(program, meta.model)
             edge = to_edge_transform_and_lower(program, partitioner=_partitioners(options.delegate))
             summary = delegation_summary(edge.exported_program().graph_module, options.delegate)
             et_program = edge.to_executorch()
@@ -191,6 +194,24 @@ def export_executorch(model: nn.Module, path: str | Path, options: ExecuTorchOpt
         xnnpack_forms=options.uses_forms, metadata=meta.to_props())
     manifest.write(manifest_path(path))
     return manifest
+
+
+def check_xnnpack_ranks(program: torch.export.ExportedProgram, model: str) -> None:
+    """Refuse a graph with a tensor of more than :data:`XNNPACK_MAX_DIMS` dimensions, before lowering.
+
+    Why: ExecuTorch 1.5's XNNPACK partitioner accepts such an op (e.g. a 7-D permute) but the delegate
+    cannot define the tensor, so the program would be written after minutes of lowering and then fail to
+    load ("XNNCompiler ... xnn_status_unsupported_parameter") with no hint of which op was at fault.
+    """
+    for node in program.graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dim() > XNNPACK_MAX_DIMS:
+            source = node.meta.get("stack_trace", "").strip().splitlines()
+            where = f" ({source[-2].strip()})" if len(source) >= 2 else ""
+            raise EdgevitError(
+                f"ExecuTorch export of {model}: {node.name}{where} makes a {val.dim()}-D tensor "
+                f"{tuple(val.shape)} and XNNPACK takes at most {XNNPACK_MAX_DIMS} dimensions; merge axes "
+                f"in the model, or export with --delegate portable")
 
 
 def companions(pte: Path) -> list[Path]:

@@ -6,8 +6,10 @@ verification are the caller's (``edgevit.pipeline``), so a Python user can expor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +101,31 @@ def quiet_exporter() -> None:
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _single_output_rewrites() -> Iterator[None]:
+    """Run the exporter's graph optimizer without onnxscript's multi-output rewrite rules.
+
+    Why: onnxscript (0.5-0.7) matches a pattern with several output nodes (its only such default rule is
+    ``SlicesSplit``: sibling Slices -> one Split) by indexing the whole graph again for every node, so the
+    pass costs O(nodes^2). A2Mamba's graph has ~3,300 nodes: the rule took most of its export (a2mamba-n at
+    224: 154 s -> 60 s for export + verification). Constant folding and the single-output rules still run;
+    what is lost is one Split where two Slices would do. Where onnxscript keeps its rules elsewhere, nothing
+    changes.
+    """
+    import onnxscript.rewriter as rewriter
+
+    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    if rules is None:
+        yield
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(
+        r for r in rules if getattr(getattr(r, "_target_pattern", None), "has_single_output_node", True))
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = rules
+
+
 def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, metadata: ArtifactMetadata) -> Path:
     """Export ``model`` (eval mode, BatchNorm folded) to ``path`` with named I/O and edgevit metadata."""
     quiet_exporter()
@@ -118,7 +145,7 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        with scan_export_mode(options.scan):
+        with scan_export_mode(options.scan), _single_output_rewrites():
             program = torch.onnx.export(
                 model,
                 (example,),

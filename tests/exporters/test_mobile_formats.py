@@ -94,3 +94,58 @@ def test_cli_routes_mobile_flags_to_their_format_only(args: list[str], message: 
     result = CliRunner().invoke(app, ["export", MODEL, *args, "--output", str(tmp_path / "x")])
     assert result.exit_code != 0 and message in " ".join(result.output.split())
     assert not list(tmp_path.iterdir())
+
+
+SMALLEST = ["s2aformer-mini", "a2mamba-n", "dualformer-t", "emsnet-xxtiny", "mat-1", "partialformer-b0"]
+
+
+def test_a2mamba_graph_stays_within_xnnpack_rank_limit() -> None:
+    """XNNPACK tensors have at most 6 dimensions; ExecuTorch 1.5's partitioner still takes a 7-D permute,
+    and the program then fails to load. A2Mamba's tiled neighbourhood attention is the family that
+    permutes tiles (batch, heads, tile rows, tile cols, rows, cols, channels); the others peak at 5-D."""
+    pytest.importorskip("executorch", reason="the executorch extra is not installed")
+    import torch
+
+    from edgevit.exporters.executorch import XNNPACK_MAX_DIMS, check_xnnpack_ranks
+    from edgevit.exporters.onnx_scan import scan_export_mode
+    from edgevit.exporters.transforms import fold_batchnorm
+    from edgevit.exporters.xnnpack_forms import xnnpack_decompositions
+    from edgevit.models import create_model
+
+    model = fold_batchnorm(create_model("a2mamba-n").eval())
+    with scan_export_mode("decomposed"), torch.no_grad():
+        program = torch.export.export(model, (torch.zeros(1, 3, *SIZE),))
+    program = program.run_decompositions(xnnpack_decompositions())
+    ranks = [n.meta["val"].dim() for n in program.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
+    assert max(ranks) == XNNPACK_MAX_DIMS  # the tiled logits are 6-D: the check has something to see
+    check_xnnpack_ranks(program, "a2mamba-n")
+
+
+def test_executorch_refuses_a_graph_xnnpack_cannot_hold_before_lowering(tmp_path: Path) -> None:
+    pytest.importorskip("executorch", reason="the executorch extra is not installed")
+    import torch
+
+    from edgevit.artifact import ArtifactMetadata
+    from edgevit.exporters.executorch import ExecuTorchOptions, export_executorch
+
+    class SevenD(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(1, 1, 3, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5, 6).reshape(x.shape) * 2
+
+    meta = ArtifactMetadata(model="toy", input_size=(4, 4), mean=(0.5,) * 3, std=(0.25,) * 3, batch=1)
+    with pytest.raises(EdgevitError, match=r"7-D tensor .* at most 6 dimensions.*--delegate portable"):
+        export_executorch(SevenD(), tmp_path / "toy.pte", ExecuTorchOptions(), meta)
+    assert not (tmp_path / "toy.pte").exists()
+    export_executorch(SevenD(), tmp_path / "toy.pte", ExecuTorchOptions(delegate="portable"), meta)
+
+
+@pytest.mark.slow  # minutes per family (a2mamba-n: ~10 min of lowering even at 64x64)
+@pytest.mark.parametrize("name", SMALLEST)
+def test_smallest_variant_of_every_family_exports_to_executorch(name: str,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    pytest.importorskip("executorch", reason="the executorch extra is not installed")
+    report = exported(tmp_path_factory, "executorch", name)
+    assert report.parity is not None and report.parity.passed and report.parity.worst_rel <= 1e-4
+    manifest = json.loads(Path(str(report.path) + ".json").read_text())
+    assert manifest["backends"] == ["XnnpackBackend"]
+    print(name, manifest["delegation"])

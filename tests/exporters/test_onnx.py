@@ -122,3 +122,19 @@ def test_large_variants_match_at_small_input(name: str, tmp_path: Path) -> None:
     """The same graph at 64x64 keeps the big variants' parity in the fast suite."""
     report = pipeline.export(name, output=tmp_path / f"{name}.onnx", input_size=64)
     assert report.parity is not None and report.parity.worst_rel <= 1e-4, report.parity.summary()
+
+
+def test_optimizer_runs_without_the_quadratic_multi_output_rules() -> None:
+    """onnxscript matches multi-output patterns by re-indexing the graph per node (O(nodes^2): minutes
+    on A2Mamba); the export drops those rules for its duration only and keeps every other rule."""
+    import onnxscript.rewriter as rewriter
+
+    from edgevit.exporters.onnx import _single_output_rewrites
+
+    before = rewriter._DEFAULT_REWRITE_RULES
+    assert any(not r._target_pattern.has_single_output_node for r in before)
+    with _single_output_rewrites():
+        during = rewriter._DEFAULT_REWRITE_RULES
+        assert all(r._target_pattern.has_single_output_node for r in during)
+        assert len(during) == len(before) - sum(not r._target_pattern.has_single_output_node for r in before)
+    assert rewriter._DEFAULT_REWRITE_RULES is before

@@ -23,6 +23,9 @@ additive constant (relative bias where the key is in the query's window, ``-inf`
 exact NATTEN result: ``softmax`` over the region equals ``softmax`` over the window. Keys are gathered
 ``((T+K-1)/T)^2`` times instead of ``K^2`` times; logits hold ``(T+K-1)^2`` instead of ``K^2`` entries
 per query. ``T = 1`` is exactly the per-query gather. Everything stays linear in the number of tokens.
+No intermediate has more than 6 dimensions (batch and heads are merged around the tile permutes):
+XNNPACK's limit (``XNN_MAX_TENSOR_DIMS``); ExecuTorch 1.5's partitioner accepts a 7-D permute but the
+delegate then fails to load.
 
 All index tables are separable (one per axis, ``O(length * (T+K))`` entries) and pure functions of
 ``(H, W, K, dh, dw, T)``: they are built once in NumPy and cached as tensors per device (while tracing,
@@ -196,7 +199,7 @@ def na_bias(plan: NAPlan, rpb: Tensor | None, heads: int, dtype: torch.dtype) ->
     if rpb is None:
         return mask.unsqueeze(0).expand(heads, -1, -1, -1, -1)
     bias = rpb.index_select(1, plan.rel_rows).index_select(2, plan.rel_cols)  # (n, th*T*R, tw*T*R)
-    bias = bias.reshape(-1, th, t, r, tw, t, r).permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, th, tw, t * t, r * r)
+    bias = bias.reshape(-1, t, r, tw, t, r).permute(0, 3, 1, 4, 2, 5).reshape(-1, th, tw, t * t, r * r)
     return bias.to(dtype) + mask
 
 
@@ -204,8 +207,8 @@ def _gather_tiles(x: Tensor, plan: NAPlan, rows: Tensor, cols: Tensor, side: int
     """``(B, n, L, D)`` -> ``(B, n, th, tw, side*side, D)``: the ``side x side`` block each tile reads
     (its queries, or its shared key region), gathered by constant row/column tables."""
     b, n, _, dim = x.shape
-    x = x.reshape(b, n, plan.height, plan.width, dim).index_select(2, rows).index_select(3, cols)
-    x = x.reshape(b, n, plan.tiles_h, side, plan.tiles_w, side, dim).permute(0, 1, 2, 4, 3, 5, 6)
+    x = x.reshape(b * n, plan.height, plan.width, dim).index_select(1, rows).index_select(2, cols)
+    x = x.reshape(b * n, plan.tiles_h, side, plan.tiles_w, side, dim).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(b, n, plan.tiles_h, plan.tiles_w, side * side, dim)
 
 
@@ -221,9 +224,9 @@ def _untile(y: Tensor, plan: NAPlan) -> Tensor:
     """``(B, n, th, tw, T*T, D)`` -> ``(B, n, L, D)`` in raster order (repeated queries dropped)."""
     b, n, _, _, _, dim = y.shape
     t = plan.tile
-    y = y.reshape(b, n, plan.tiles_h, plan.tiles_w, t, t, dim).permute(0, 1, 2, 4, 3, 5, 6)
-    y = y.reshape(b, n, plan.tiles_h * t, plan.tiles_w * t, dim)
-    y = y.index_select(2, plan.slot_rows).index_select(3, plan.slot_cols)
+    y = y.reshape(b * n, plan.tiles_h, plan.tiles_w, t, t, dim).permute(0, 1, 3, 2, 4, 5)
+    y = y.reshape(b * n, plan.tiles_h * t, plan.tiles_w * t, dim)
+    y = y.index_select(1, plan.slot_rows).index_select(2, plan.slot_cols)
     return y.reshape(b, n, plan.height * plan.width, dim)
 
 
