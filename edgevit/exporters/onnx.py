@@ -112,7 +112,7 @@ def _single_output_rewrites() -> Iterator[None]:
     what is lost is one Split where two Slices would do. Where onnxscript keeps its rules elsewhere, nothing
     changes.
     """
-    import onnxscript.rewriter as rewriter
+    from onnxscript import rewriter
 
     rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
     if rules is None:

@@ -127,7 +127,7 @@ def test_large_variants_match_at_small_input(name: str, tmp_path: Path) -> None:
 def test_optimizer_runs_without_the_quadratic_multi_output_rules() -> None:
     """onnxscript matches multi-output patterns by re-indexing the graph per node (O(nodes^2): minutes
     on A2Mamba); the export drops those rules for its duration only and keeps every other rule."""
-    import onnxscript.rewriter as rewriter
+    from onnxscript import rewriter
 
     from edgevit.exporters.onnx import _single_output_rewrites
 
