@@ -552,7 +552,8 @@ def _check_output_file(path: Path, flag: str) -> None:
         raise EdgevitError(f"{flag} {str(path)!r} is not writable; choose another path")
     if path.exists() and path.stat().st_size and flag == "--json":
         try:
-            ours = "results" in json.loads(path.read_text())
+            data = json.loads(path.read_text())
+            ours = isinstance(data, dict) and ("results" in data or "profile" in data)
         except (ValueError, OSError, TypeError):
             ours = False
         if not ours:
@@ -651,6 +652,48 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+@app.command("profile")
+@user_errors
+def profile_cmd(
+    model: Annotated[str | None, typer.Argument(help="Registry model (exported into the benchmark cache).")] = None,
+    runtime: Annotated[str, typer.Option(help="onnxruntime, openvino:f32 or openvino:bf16.")] = "onnxruntime",
+    input_size: Annotated[str | None, typer.Option(help="e.g. 224 or 256x320 (default: the model's).")] = None,
+    batch: Annotated[int, typer.Option(help="Images per call.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: all cores).")] = None,
+    calls: Annotated[int, typer.Option(help="Profiled calls (times are their mean).")] = 10,
+    warmup: Annotated[int, typer.Option(help="Unprofiled calls first.")] = 2,
+    top: Annotated[int, typer.Option(help="Rows in the table (the JSON has all).")] = 15,
+    artifact: Annotated[Path | None, typer.Option(help="Profile this exported .onnx file or IR folder.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the whole profile to this file.")] = None,
+) -> None:
+    """Where one inference's time goes, per op kind and kernel, from the runtime's own profiler."""
+    from .bench.profile import profile
+
+    if json_out:
+        _check_output_file(json_out, "--json")
+    if top < 1:
+        raise EdgevitError("--top must be at least 1")
+    with _progress() as progress:
+        progress.add_task(f"profiling {model or artifact} in {runtime}", total=None)
+        rep = profile(model, runtime, input_size=input_size, batch=batch, threads=threads, calls=calls,
+                      warmup=warmup, artifact=artifact)
+    table = Table(title=f"{rep.model} · {rep.runtime} ({rep.precision}) · {rep.input_size[0]}x{rep.input_size[1]} "
+                        f"· batch {rep.batch} · {rep.threads or 'all'} threads · mean of {rep.calls} calls")
+    for col in ("op", "kernel", "ms/call", "share", "nodes"):
+        table.add_column(col, justify="left" if col in ("op", "kernel") else "right")
+    for t in rep.ops[:top]:
+        table.add_row(t.op, t.kernel, f"{t.ms:.2f}", f"{t.ms / rep.op_ms:.1%}" if rep.op_ms else "—", str(t.nodes))
+    console.print(table)
+    rest = rep.ops[top:]
+    if rest:
+        console.print(f"{len(rest)} more op kinds: {sum(t.ms for t in rest):.2f} ms/call", highlight=False)
+    console.print(f"ops {rep.op_ms:.2f} ms/call of {rep.wall_ms:.2f} ms wall (profiler overhead included; "
+                  "time with `edgevit bench`)", highlight=False)
+    if json_out:
+        _write_atomic(json_out, json.dumps({"profile": rep.to_dict()}, indent=2, default=str))
+        console.print(f"profile written to {json_out}", highlight=False)
 
 
 @app.command("bench-scan")

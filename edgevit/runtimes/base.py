@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..artifact import ArtifactMetadata
-from ..errors import InputShapeError, InputTypeError
+from ..errors import EdgevitError, InputShapeError, InputTypeError
 
 Dim = int | str  # a string names a dynamic axis (e.g. "batch")
 
@@ -35,6 +35,18 @@ class RunnerInfo:
     device: str = "cpu"
     threads: int | None = None
     details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """One kind of op in a per-op profile: ``op`` (ONNX op type / OpenVINO layer type), ``kernel`` (what ran
+    it: ONNX Runtime's execution provider, OpenVINO's implementation such as ``brgemm_avx512_amx_f32``, which
+    also says which instruction set and precision really ran), ``ms`` per call, ``nodes`` executed per call."""
+
+    op: str
+    kernel: str
+    ms: float
+    nodes: int
 
 
 def check_dtype(spec: TensorSpec, got: np.dtype, backend: str) -> None:
@@ -106,6 +118,14 @@ class Runner(ABC):
 
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def op_profile(self, feeds: np.ndarray | Mapping[str, np.ndarray], calls: int) -> list[OpTime]:
+        """Run ``calls`` inferences and return where their time went, per op kind (mean per call).
+
+        Only runtimes with their own per-node counters have one (ONNX Runtime, OpenVINO; loaded with
+        ``profile=True``): a profile this class made up would not be the runtime's.
+        """
+        raise EdgevitError(f"the {self.backend} runner has no per-op profile; profile with onnxruntime or openvino")
 
     def _check_feeds(self, feeds: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if isinstance(feeds, np.ndarray):

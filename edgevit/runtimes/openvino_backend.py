@@ -9,6 +9,7 @@ the report says so).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..artifact import ArtifactMetadata, read_manifest
 from ..errors import ArtifactError, EdgevitError
-from .base import Runner, RunnerInfo, TensorSpec
+from .base import OpTime, Runner, RunnerInfo, TensorSpec
 
 # edgevit's precision names (fp32/fp16/bf16, as everywhere in edgevit) and OpenVINO's own spellings (aliases)
 # -> OpenVINO's INFERENCE_PRECISION_HINT values
@@ -32,10 +33,11 @@ class OpenVinoRunner(Runner):
 
     ``threads`` is INFERENCE_NUM_THREADS, ``streams`` NUM_STREAMS (parallel infer requests; :meth:`run`
     uses one synchronous request, so more than one stream only helps callers that run concurrently).
+    ``profile=True`` turns on the plugin's per-layer counters (PERF_COUNT) for :meth:`op_profile`.
     """
 
     def __init__(self, path: str | Path, *, threads: int | None = None, precision: str = "fp32",
-                 streams: int | None = None, device: str = "CPU") -> None:
+                 streams: int | None = None, device: str = "CPU", profile: bool = False) -> None:
         import openvino as ov
 
         if precision not in _HINTS:
@@ -50,6 +52,9 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if streams:
             config["NUM_STREAMS"] = str(int(streams))
+        if profile:
+            config["PERF_COUNT"] = True
+        self._profiling = profile
         try:
             self.compiled = core.compile_model(model, device, config)
         except RuntimeError as exc:
@@ -79,6 +84,26 @@ class OpenVinoRunner(Runner):
         if meta is None and self.manifest is not None:
             meta = ArtifactMetadata.from_props(self.manifest["metadata"], str(manifest_file(self.path)))
         return meta
+
+    def op_profile(self, feeds: np.ndarray | Mapping[str, np.ndarray], calls: int) -> list[OpTime]:
+        """Per layer type and implementation: mean milliseconds over ``calls`` runs, from the plugin's own
+        counters (layers it fused away or skipped are not counted)."""
+        if not self._profiling:
+            raise EdgevitError("load the OpenVINO runner with profile=True to profile it")
+        import openvino as ov
+
+        checked = self._check_feeds(feeds)
+        totals: dict[tuple[str, str], list[float]] = {}
+        for _ in range(calls):
+            self._run(checked)
+            for info in self.request.get_profiling_info():
+                if info.status != ov.ProfilingInfo.Status.EXECUTED:
+                    continue
+                entry = totals.setdefault((info.node_type, info.exec_type), [0.0, 0])
+                entry[0] += info.real_time.total_seconds() * 1000.0
+                entry[1] += 1
+        return sorted((OpTime(op, kernel, ms / calls, round(count / calls))
+                       for (op, kernel), (ms, count) in totals.items()), key=lambda t: -t.ms)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.request.infer(feeds)

@@ -1,0 +1,76 @@
+"""`edgevit profile`: per-op time from the runtimes' own counters, only for the calls asked for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from edgevit import cli, pipeline, runtimes
+from edgevit.bench.profile import profile
+from edgevit.errors import EdgevitError
+from edgevit.runtimes.onnxruntime_backend import ort_op_times
+from edgevit.verify import seeded_inputs
+
+MODEL, SIZE = "s2aformer-mini", (64, 64)
+
+
+def _node(op: str, ts: int, dur: int) -> dict:
+    return {"cat": "Node", "name": f"{op}_0_kernel_time", "ts": ts, "dur": dur,
+            "args": {"op_name": op, "provider": "CPUExecutionProvider"}}
+
+
+def test_ort_times_count_only_the_last_runs_and_average_them() -> None:
+    events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}, _node("Conv", 10, 90_000),  # warm-up
+              {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100}, _node("Conv", 210, 4000),
+              _node("Softmax", 250, 1000),
+              {"cat": "Session", "name": "model_run", "ts": 400, "dur": 100}, _node("Conv", 410, 2000),
+              _node("Softmax", 450, 1000), {"cat": "Node", "name": "Conv_0_fence_before", "ts": 420, "dur": 7}]
+    times = {t.op: t for t in ort_op_times(events, calls=2)}
+    assert times["Conv"].ms == pytest.approx(3.0) and times["Conv"].nodes == 1
+    assert times["Softmax"].ms == pytest.approx(1.0)
+    assert [t.op for t in ort_op_times(events, calls=2)] == ["Conv", "Softmax"]  # slowest first
+
+
+def test_onnxruntime_profile_covers_the_graph_ops() -> None:
+    rep = profile(MODEL, "onnxruntime", input_size=SIZE, threads=1, calls=3, warmup=1)
+    graph_ops = {n.op_type for n in onnx.load(rep.artifact).graph.node}
+    assert rep.ops and rep.calls == 3 and rep.precision == "fp32"
+    assert {"Conv", "Softmax"} <= {t.op for t in rep.ops} <= graph_ops | {
+        "FusedConv", "FusedMatMul", "ReorderInput", "ReorderOutput", "FusedGemm", "Gelu", "BiasGelu"}
+    assert 0 < rep.op_ms <= rep.wall_ms
+
+
+def test_openvino_profile_names_the_f32_kernels_that_ran() -> None:
+    pytest.importorskip("openvino")
+    rep = profile(MODEL, "openvino:f32", input_size=SIZE, threads=1, calls=3, warmup=1)
+    convs = [t for t in rep.ops if t.op in ("Convolution", "GroupConvolution")]
+    assert convs and all(t.kernel.endswith("_f32") for t in convs)  # f32 asked, f32 ran (no silent bf16)
+    assert 0 < rep.op_ms <= rep.wall_ms and rep.runtime == "openvino:f32"
+
+
+def test_profile_refuses_runtimes_without_counters_and_unprofiled_runners() -> None:
+    with pytest.raises(EdgevitError, match="per-op profiles come from onnxruntime and openvino"):
+        profile(MODEL, "torch", input_size=SIZE)
+    path = pipeline.cached_onnx(MODEL, SIZE, 1)
+    with pytest.raises(EdgevitError, match="profile=True"):
+        runtimes.load(path, "onnxruntime").op_profile(seeded_inputs(1, SIZE), 1)
+    with pytest.raises(EdgevitError, match="no per-op profile"):
+        runtimes.load(MODEL, input_size=SIZE).op_profile(seeded_inputs(1, SIZE), 1)
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    result = CliRunner().invoke(cli.app, ["profile", MODEL, "--input-size", "64", "--threads", "1", "--calls", "2",
+                                          "--top", "3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ms/call" in result.output and "more op kinds" in result.output
+    data = json.loads(out.read_text())["profile"]
+    assert data["model"] == MODEL and sum(op["share"] for op in data["ops"]) == pytest.approx(1.0)
+    user = tmp_path / "user.json"
+    user.write_text('{"mine": 1}')
+    refused = CliRunner().invoke(cli.app, ["profile", MODEL, "--input-size", "64", "--json", str(user)])
+    assert refused.exit_code == 2 and user.read_text() == '{"mine": 1}'
