@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 
 from edgevit.artifact import ArtifactMetadata
@@ -126,3 +127,44 @@ def test_verification_colours_only_for_the_weights_they_were_measured_with() -> 
         runner.metadata = replace(runner.metadata, weights=weights)
         assert verification_colours(runner) == ()
 
+
+
+class _SignToy(torch.nn.Module):
+    """Decides by the sign of (pixel - 1.0): a flat frame at 1.0 sits on the threshold."""
+
+    sign_decisions = True
+    output_names = ["logits"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from edgevit.models.decisions import note_decision_margins, recording
+
+        value = x[:, :1] - 1.0
+        if recording():
+            note_decision_margins(value, torch.ones_like(value))
+        return (value >= 0).float().flatten(1)[:, :4]
+
+
+def test_flat_frames_that_rounding_decides_are_replaced() -> None:
+    from edgevit import runtimes
+    from edgevit.verify import FALLBACK_LEVELS, UNIFORM_LEVELS, decided_by_rounding, screened_uniform_inputs
+
+    ref = runtimes.load(_SignToy(), input_size=(8, 8))
+    frames = screened_uniform_inputs(ref, 3, (8, 8))
+    assert UNIFORM_LEVELS[0] == 1.0  # the toy's threshold
+    assert sorted(frames[:, 0, 0, 0].tolist()) == sorted([1.5, -1.5, FALLBACK_LEVELS[0]])
+    assert not decided_by_rounding(ref, frames, 3).any()
+    plain = runtimes.load(torch.nn.Conv2d(3, 4, 1), input_size=(8, 8))  # no sign decisions: nothing is run
+    assert not decided_by_rounding(plain, frames, 3).any()
+
+
+def test_dualformer_grey_frame_at_224_is_decided_by_rounding_and_replaced() -> None:
+    """Measured: dualformer-t at 224 on grey 1.0 has an LSH margin of 3.7e-7 (block 7); XNNPACK's program
+    was 4.4e-4 from PyTorch there. Verification must not compare on it."""
+    from edgevit import runtimes
+    from edgevit.verify import decided_by_rounding, screened_uniform_inputs, uniform_inputs
+
+    ref = runtimes.load("dualformer-t", input_size=(224, 224))
+    assert decided_by_rounding(ref, uniform_inputs(1, (224, 224)), 1).tolist() == [True]
+    frames = screened_uniform_inputs(ref, 1, (224, 224))
+    assert frames.shape == (1, 3, 224, 224) and frames[0, 0, 0, 0] != 1.0
+    assert not decided_by_rounding(ref, frames, 1).any()

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .decisions import note_decision_margins, recording
 from .layers import Backbone, ConvBN, ConvMlp, LayerNorm2d, SqueezeExcite
 from .paper import throughput_for
 from .registry import NUM_CLASSES, ModelCard, ModelOption, ReportedFigures, register_model
@@ -65,6 +66,8 @@ def lsh_partition(x: Tensor, beta: Tensor, powers: Tensor, group_ids: Tensor) ->
     (hazard 6). Codes are small integers, exact in floating point, so ``Equal`` is exact.
     """
     proj = x.float() @ beta.float()  # (B,h,N,bits)
+    if recording():  # |beta . x| / |x| (the hyperplanes have unit norm): how far rounding is from a flip
+        note_decision_margins(proj, x.float().norm(dim=-1, keepdim=True))
     bits = (proj >= 0).to(x.dtype)
     code = (bits * powers).sum(dim=-1, keepdim=True)  # (B,h,N,1)
     return (code == group_ids).to(x.dtype)
@@ -211,6 +214,8 @@ class Stage(nn.Module):
 
 
 class DualFormer(Backbone):
+    sign_decisions = True  # the LSH group assignment
+
     def __init__(
         self,
         depths: tuple[int, ...],

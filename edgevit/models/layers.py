@@ -90,6 +90,8 @@ class Backbone(nn.Module):
     feature_strides: tuple[int, ...] = (4, 8, 16, 32)
     classifier_prefixes: tuple[str, ...] = ("head.",)
     input_multiple: int = 32
+    # decides per token by a sign and records the margins (models.decisions): verify screens its flat frames
+    sign_decisions: bool = False
 
     def __init__(self, feature_channels: tuple[int, ...], features_only: bool) -> None:
         super().__init__()
