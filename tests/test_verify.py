@@ -1,6 +1,6 @@
 import numpy as np
-import torch
 import pytest
+import torch
 
 from edgevit.artifact import ArtifactMetadata
 from edgevit.errors import VerificationError
@@ -133,7 +133,7 @@ class _SignToy(torch.nn.Module):
     """Decides by the sign of (pixel - 1.0): a flat frame at 1.0 sits on the threshold."""
 
     sign_decisions = True
-    output_names = ["logits"]
+    output_names = ("logits",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from edgevit.models.decisions import note_decision_margins, recording
