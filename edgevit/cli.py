@@ -557,7 +557,7 @@ def _check_output_file(path: Path, flag: str) -> None:
         except (ValueError, OSError, TypeError):
             ours = False
         if not ours:
-            raise EdgevitError(f"--json {str(path)!r} exists and is not an edgevit bench file; refusing to "
+            raise EdgevitError(f"--json {str(path)!r} exists and is not an edgevit results file; refusing to "
                                "overwrite it (choose a new name)")
 
 

@@ -53,7 +53,7 @@ def test_paper_runs_the_papers_table(no_run: dict[str, Any]) -> None:
     assert res.exit_code == 2 and "no paper speed table for 'nosuch'" in res.stderr
 
 
-@pytest.mark.parametrize("target, message", [("DIR", "is a directory"), ("FOREIGN", "is not an edgevit bench file"),
+@pytest.mark.parametrize("target, message", [("DIR", "is a directory"), ("FOREIGN", "is not an edgevit results file"),
                                               ("FOREIGN/x.json", "is a file, not a folder")])
 def test_json_path_is_checked_before_the_run(no_run: dict[str, Any], tmp_path: Path, target: str,
                                              message: str) -> None:
