@@ -32,7 +32,9 @@ def recording_decision_margins() -> Iterator[list[Tensor]]:
 
 
 def recording() -> bool:
-    return _MARGINS.get() is not None
+    """Whether margins are being collected; never under torch.compile (dynamo cannot trace a ContextVar,
+    and verification runs the eager model)."""
+    return not torch.compiler.is_dynamo_compiling() and _MARGINS.get() is not None
 
 
 def note_decision_margins(value: Tensor, scale: Tensor) -> None:

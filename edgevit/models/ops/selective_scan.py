@@ -159,7 +159,8 @@ def use_scan_custom_op(enabled: bool = True) -> Iterator[None]:
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tensor) -> Tensor:
     """The scan as models call it (see the module docstring for which form runs when)."""
-    if _CUSTOM_OP_ENABLED.get():
+    # dynamo cannot trace ContextVar.get (torch.compile, fullgraph); the switch is for exporters, never compile
+    if not torch.compiler.is_dynamo_compiling() and _CUSTOM_OP_ENABLED.get():
         return torch.ops.edgevit.selective_scan(u, delta, A, Bs, delta_bias)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, Bs, delta_bias))
     if needs_grad or torch.compiler.is_exporting():
