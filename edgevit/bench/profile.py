@@ -46,7 +46,7 @@ class ProfileReport:
         return d
 
 
-def profile(model: str | None, runtime: str = "onnxruntime", *, input_size: tuple[int, int] | None = None,
+def profile(model: str | None, runtime: str = "onnxruntime", *, input_size: int | str | tuple[int, int] | None = None,
             batch: int = 1, threads: int | None = None, calls: int = 10, warmup: int = 2,
             artifact: str | Path | None = None) -> ProfileReport:
     """Profile ``model`` (exported and verified into the benchmark cache, as ``edgevit bench`` does) or a

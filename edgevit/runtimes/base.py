@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +47,19 @@ class OpTime:
     kernel: str
     ms: float
     nodes: int
+
+
+def op_times(samples: Iterable[tuple[str, str, float]], calls: int) -> list[OpTime]:
+    """``(op, kernel, ms)`` samples of ``calls`` runs -> one :class:`OpTime` per (op, kernel), per-call means,
+    slowest first (shared by every runtime's :meth:`Runner.op_profile`)."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    for op, kernel, ms in samples:
+        entry = totals.setdefault((op, kernel), [0.0, 0])
+        entry[0] += ms
+        entry[1] += 1
+    n = max(calls, 1)
+    return sorted((OpTime(op, kernel, ms / n, round(count / n)) for (op, kernel), (ms, count) in totals.items()),
+                  key=lambda t: -t.ms)
 
 
 def check_dtype(spec: TensorSpec, got: np.dtype, backend: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..artifact import ArtifactMetadata
 from ..errors import ArtifactError, EdgevitError
-from .base import OpTime, Runner, RunnerInfo, TensorSpec
+from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
               "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -84,16 +84,7 @@ def ort_op_times(events: list[dict], calls: int) -> list[OpTime]:
     """Per op type and provider: mean kernel milliseconds over the last ``calls`` ``model_run`` events of an
     ONNX Runtime profile (its ``Node`` ``*_kernel_time`` events inside those runs)."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-calls:]
-    totals: dict[tuple[str, str], list[float]] = {}
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        if not any(start <= e["ts"] <= end for start, end in runs):
-            continue
-        args = e.get("args", {})
-        entry = totals.setdefault((args.get("op_name", "?"), args.get("provider", "?")), [0.0, 0])
-        entry[0] += e["dur"] / 1000.0
-        entry[1] += 1
-    n = max(len(runs), 1)
-    return sorted((OpTime(op, kernel, ms / n, round(count / n)) for (op, kernel), (ms, count) in totals.items()),
-                  key=lambda t: -t.ms)
+    kernels = (e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+               and any(start <= e["ts"] <= end for start, end in runs))
+    return op_times(((e.get("args", {}).get("op_name", "?"), e.get("args", {}).get("provider", "?"), e["dur"] / 1000.0)
+                     for e in kernels), len(runs))

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..artifact import ArtifactMetadata, read_manifest
 from ..errors import ArtifactError, EdgevitError
-from .base import OpTime, Runner, RunnerInfo, TensorSpec
+from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times
 
 # edgevit's precision names (fp32/fp16/bf16, as everywhere in edgevit) and OpenVINO's own spellings (aliases)
 # -> OpenVINO's INFERENCE_PRECISION_HINT values
@@ -93,17 +93,12 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         checked = self._check_feeds(feeds)
-        totals: dict[tuple[str, str], list[float]] = {}
+        samples: list[tuple[str, str, float]] = []
         for _ in range(calls):
             self._run(checked)
-            for info in self.request.get_profiling_info():
-                if info.status != ov.ProfilingInfo.Status.EXECUTED:
-                    continue
-                entry = totals.setdefault((info.node_type, info.exec_type), [0.0, 0])
-                entry[0] += info.real_time.total_seconds() * 1000.0
-                entry[1] += 1
-        return sorted((OpTime(op, kernel, ms / calls, round(count / calls))
-                       for (op, kernel), (ms, count) in totals.items()), key=lambda t: -t.ms)
+            samples += [(i.node_type, i.exec_type, i.real_time.total_seconds() * 1000.0)
+                        for i in self.request.get_profiling_info() if i.status == ov.ProfilingInfo.Status.EXECUTED]
+        return op_times(samples, calls)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.request.infer(feeds)
