@@ -285,11 +285,11 @@ def export(
                                                   "standard ops (default) or custom (one edgevit.SelectiveScan node "
                                                   "each, body shipped as an ONNX function).")] = None,
     precision: Annotated[str | None, typer.Option(help="onnx: fp32 (default) or int8 (static QDQ); openvino: fp32 "
-                                                       "(default), fp16 or int8 (NNCF); tensorrt: fp16 (default) or "
-                                                       "fp32.")] = None,
+                                                       "(default), fp16 or int8 (NNCF); executorch: fp32 (default) "
+                                                       "or int8 (PT2E, XNNPACK); tensorrt: fp16 (default) or fp32.")] = None,
     embed_preprocess: Annotated[bool | None, typer.Option("--embed-preprocess", help="openvino: take uint8 NHWC "
                                                           "RGB, normalise inside.")] = None,
-    calib_images: Annotated[Path | None, typer.Option(help="onnx/openvino int8: folder of calibration images "
+    calib_images: Annotated[Path | None, typer.Option(help="onnx/openvino/executorch int8: folder of calibration images "
                                                             "(default: a synthetic set).")] = None,
     opt_batch: Annotated[int | None, typer.Option(help="tensorrt --dynamic-batch: batch the profile is tuned for "
                                                        "(default --max-batch).")] = None,
@@ -681,16 +681,25 @@ def profile_cmd(
                       warmup=warmup, artifact=artifact)
     table = Table(title=f"{rep.model} · {rep.runtime} ({rep.precision}) · {rep.input_size[0]}x{rep.input_size[1]} "
                         f"· batch {rep.batch} · {rep.threads or 'all'} threads · mean of {rep.calls} calls")
-    for col in ("op", "kernel", "ms/call", "share", "nodes"):
+    for col in ("op", "kernel", "ms/call", "share", "nodes", "MB/call", "GB/s", "floor ms"):
         table.add_column(col, justify="left" if col in ("op", "kernel") else "right")
     for t in rep.ops[:top]:
-        table.add_row(t.op, t.kernel, f"{t.ms:.2f}", f"{t.ms / rep.op_ms:.1%}" if rep.op_ms else "—", str(t.nodes))
+        floor = rep.floor_ms(t)
+        table.add_row(t.op, t.kernel, f"{t.ms:.2f}", f"{t.ms / rep.op_ms:.1%}" if rep.op_ms else "—", str(t.nodes),
+                      f"{t.bytes / 2**20:.1f}" if t.bytes else "—", f"{t.bytes / t.ms / 1e6:.1f}" if t.bytes and t.ms
+                      else "—", f"{floor:.2f}" if floor is not None else "—")
     console.print(table)
     rest = rep.ops[top:]
     if rest:
         console.print(f"{len(rest)} more op kinds: {sum(t.ms for t in rest):.2f} ms/call", highlight=False)
     console.print(f"ops {rep.op_ms:.2f} ms/call of {rep.wall_ms:.2f} ms wall (profiler overhead included; "
                   "time with `edgevit bench`)", highlight=False)
+    floors = [f"memory floor {rep.memory_floor_ms:.2f} ms (bytes each op moves at this machine's measured "
+              "bandwidth for that size)" if rep.memory_floor_ms is not None else "",
+              f"compute floor {rep.compute_floor_ms:.2f} ms ({rep.macs / 1e9:.2f} GMAC at the measured fp32 GEMM "
+              f"roof {rep.gemm_roof_gmacs_per_s:.0f} GMAC/s)" if rep.compute_floor_ms is not None else ""]
+    if any(floors):
+        console.print("; ".join(f for f in floors if f), highlight=False)
     if json_out:
         _write_atomic(json_out, json.dumps({"profile": rep.to_dict()}, indent=2, default=str))
         console.print(f"profile written to {json_out}", highlight=False)

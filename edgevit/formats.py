@@ -121,8 +121,10 @@ register_format(Format(
 register_format(Format(
     name="executorch", title="ExecuTorch program", artifact=executorch_exporter.PTE_SUFFIX,
     options_type=executorch_exporter.ExecuTorchOptions, exporter=executorch_exporter.export_artifact,
-    runtime="executorch", tolerance={"fp32": FP32_RTOL}, cli_options=("delegate", "xnnpack_forms", "scan"),
-    default_name=lambda stem, options: f"{stem}-{options.delegate}{executorch_exporter.PTE_SUFFIX}",
+    runtime="executorch", tolerance={"fp32": FP32_RTOL, "int8": AGREEMENT},
+    cli_options=("delegate", "xnnpack_forms", "scan", "precision", "calib_images"),
+    default_name=lambda stem, options: (f"{stem}-{options.delegate}{'-int8' if options.precision == 'int8' else ''}"
+                                        f"{executorch_exporter.PTE_SUFFIX}"),
     read_metadata=executorch_exporter.read_artifact_metadata, companions=executorch_exporter.companions,
     record_parity=executorch_exporter.record_parity, check_available=executorch_exporter.check_available,
 ))

@@ -5,6 +5,12 @@ counters (PERF_COUNT) attribute each call's time to the ops that ran and name th
 (OpenVINO's ``exec_type`` such as ``brgemm_avx512_amx_f32`` shows the instruction set and precision really
 used). Profiling adds overhead to every call, so these figures explain a benchmark and never replace it:
 ``wall_ms`` is the profiled calls' own mean, beside the sum of op times it should roughly cover.
+
+Where the runtime reports tensor sizes (ONNX Runtime), each op kind also gets a **memory floor**: the bytes
+its nodes read and write over the bandwidth a plain ``c = a + b`` reaches at that size on this machine
+(:func:`edgevit.bench.roof.measure_bandwidth`), and the model a **compute floor**: its MACs over the measured
+fp32 GEMM roof. An op kind far above its floor is slow by its kernel (a better form or kernel can win); one
+near it is bound by memory traffic, which only moving fewer bytes (fusing ops) can reduce.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from .. import pipeline, runtimes
 from ..errors import EdgevitError
 from ..runtimes.base import OpTime
 from ..verify import seeded_inputs
+from . import environment
+from .roof import BandwidthPoint, bandwidth_at, measure_bandwidth, measure_roof
 from .suite import parse_runtimes
 
 PROFILED_BACKENDS = ("onnxruntime", "openvino")
@@ -34,23 +42,48 @@ class ProfileReport:
     wall_ms: float  # mean wall time of the profiled calls (profiler overhead included)
     ops: list[OpTime] = field(default_factory=list)
     artifact: str = ""
+    bandwidth: list[BandwidthPoint] = field(default_factory=list)  # memory roof per working-set size
+    macs: int | None = None  # per call (all images), when the model is a registry model
+    gemm_roof_gmacs_per_s: float | None = None  # measured fp32 GEMM roof with the same threads
 
     @property
     def op_ms(self) -> float:
         return sum(t.ms for t in self.ops)
 
+    def floor_ms(self, t: OpTime) -> float | None:
+        """Milliseconds ``t``'s bytes take at the memory roof of its mean node's size (None: no sizes)."""
+        if not t.bytes or not self.bandwidth:
+            return None
+        per_operand = t.bytes / max(t.nodes, 1) / 3  # a + b -> c moves three operands of the probed size
+        return t.bytes / (bandwidth_at(self.bandwidth, per_operand) * 1e9) * 1000.0
+
+    @property
+    def memory_floor_ms(self) -> float | None:
+        floors = [self.floor_ms(t) for t in self.ops]
+        return sum(f for f in floors if f is not None) if any(f is not None for f in floors) else None
+
+    @property
+    def compute_floor_ms(self) -> float | None:
+        if not self.macs or not self.gemm_roof_gmacs_per_s:
+            return None
+        return self.macs / (self.gemm_roof_gmacs_per_s * 1e9) * 1000.0
+
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["op_ms"] = self.op_ms
-        d["ops"] = [{**asdict(t), "share": t.ms / self.op_ms if self.op_ms else 0.0} for t in self.ops]
+        d["memory_floor_ms"] = self.memory_floor_ms
+        d["compute_floor_ms"] = self.compute_floor_ms
+        d["ops"] = [{**asdict(t), "share": t.ms / self.op_ms if self.op_ms else 0.0, "floor_ms": self.floor_ms(t)}
+                    for t in self.ops]
         return d
 
 
 def profile(model: str | None, runtime: str = "onnxruntime", *, input_size: int | str | tuple[int, int] | None = None,
             batch: int = 1, threads: int | None = None, calls: int = 10, warmup: int = 2,
-            artifact: str | Path | None = None) -> ProfileReport:
+            artifact: str | Path | None = None, roofs: bool = True) -> ProfileReport:
     """Profile ``model`` (exported and verified into the benchmark cache, as ``edgevit bench`` does) or a
-    user's ``artifact`` in ``runtime`` (``onnxruntime``, ``openvino:f32``, ``openvino:bf16``, ...)."""
+    user's ``artifact`` in ``runtime`` (``onnxruntime``, ``openvino:f32``, ``openvino:bf16``, ...); ``roofs``
+    also measures the machine's memory and GEMM roofs for the floors (about 3 s)."""
     specs = parse_runtimes([runtime], "cpu")
     if len(specs) != 1 or specs[0].backend not in PROFILED_BACKENDS:
         raise EdgevitError(f"per-op profiles come from {' and '.join(PROFILED_BACKENDS)}; pass --runtime "
@@ -79,5 +112,20 @@ def profile(model: str | None, runtime: str = "onnxruntime", *, input_size: int 
     t0 = time.perf_counter()
     ops = runner.op_profile(x, calls)
     wall_ms = (time.perf_counter() - t0) * 1000.0 / calls
-    return ProfileReport(name, spec.label, runner.info.precision, size, batch, runner.info.threads, calls,
-                         wall_ms, ops, str(path))
+    report = ProfileReport(name, spec.label, runner.info.precision, size, batch, runner.info.threads, calls,
+                           wall_ms, ops, str(path))
+    if roofs:
+        _add_roofs(report, runner.info.threads or environment.physical_cores())
+    return report
+
+
+def _add_roofs(report: ProfileReport, threads: int) -> None:
+    """The machine's measured memory and fp32 GEMM roofs (same threads), and the model's MACs per call."""
+    if any(t.bytes for t in report.ops):
+        report.bandwidth = measure_bandwidth(threads)
+    report.gemm_roof_gmacs_per_s = measure_roof(threads, ["fp32"])["fp32"].gmacs_per_s
+    from ..models import create_model, list_models
+    from ..models.counting import count_macs
+
+    if report.model in list_models():
+        report.macs = count_macs(create_model(report.model), report.input_size).total * report.batch

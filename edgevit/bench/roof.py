@@ -8,6 +8,7 @@ reach, so "% of measured GEMM roof" says how much of the achievable machine a ne
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ class RoofProbe:
                 "fraction_of_theoretical": self.fraction_of_theory, "error": self.error}
 
 
-def _best_rate(call: Callable[[], object], macs: float, seconds: float) -> float:
-    """GMAC/s of the fastest of three timed bursts (a roof is what the library *can* reach)."""
+def _best_rate(call: Callable[[], object], work: float, seconds: float) -> float:
+    """``work`` units (MACs, bytes) per ns, i.e. G/s, of the fastest of three timed bursts (a roof is what the
+    library *can* reach)."""
     call()  # first call pays packing/JIT
     best = 0.0
     for _ in range(3):
@@ -52,7 +54,7 @@ def _best_rate(call: Callable[[], object], macs: float, seconds: float) -> float
         while n < 2 or time.perf_counter() - t0 < seconds / 3:
             call()
             n += 1
-        best = max(best, n * macs / (time.perf_counter() - t0) / 1e9)
+        best = max(best, n * work / (time.perf_counter() - t0) / 1e9)
     return best
 
 
@@ -111,6 +113,48 @@ def measure_roof(threads: int, precisions: list[str] | None = None, seconds: flo
     finally:
         torch.set_num_threads(previous)
     return out
+
+
+# Array sizes (MiB, per operand) of the bandwidth probe: from L2-resident to DRAM-streaming.
+BANDWIDTH_SIZES_MIB = (0.25, 1.0, 4.0, 16.0, 64.0, 256.0)
+
+
+@dataclass(frozen=True)
+class BandwidthPoint:
+    """What a plain fp32 ``c = a + b`` streams at one array size: the best an element-wise kernel can do
+    there (reads 2 and writes 1 array per element), the memory roof of ops that do little arithmetic."""
+
+    mib: float
+    gb_per_s: float
+
+
+def measure_bandwidth(threads: int, sizes_mib: tuple[float, ...] = BANDWIDTH_SIZES_MIB,
+                      seconds: float = 0.15) -> list[BandwidthPoint]:
+    """The memory roof per working-set size, with ``threads`` (torch's process-wide count is restored).
+
+    Why a curve, not one number: a tensor of a few MiB stays in cache and moves several times faster than a
+    DRAM stream, so the floor of an op must use the bandwidth of its own size (see :func:`bandwidth_at`).
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        points = []
+        for mib in sizes_mib:
+            n = int(mib * 2**20) // 4
+            a, b, c = torch.ones(n), torch.ones(n), torch.empty(n)
+            rate = _best_rate(functools.partial(torch.add, a, b, out=c), 3.0 * 4 * n, seconds)
+            points.append(BandwidthPoint(mib, rate))
+    finally:
+        torch.set_num_threads(previous)
+    return points
+
+
+def bandwidth_at(points: list[BandwidthPoint], bytes_per_operand: float) -> float:
+    """GB/s of the smallest probe at least as large as the operand (the largest probe beyond it)."""
+    fitting = [p for p in points if p.mib * 2**20 >= bytes_per_operand]
+    return (min(fitting, key=lambda p: p.mib) if fitting else max(points, key=lambda p: p.mib)).gb_per_s
 
 
 def roof_precision(runtime_precision: str | None) -> str:

@@ -28,11 +28,13 @@ from torch import nn
 
 from ..artifact import ArtifactMetadata, JsonManifest
 from ..errors import BackendUnavailableError, EdgevitError
+from ..quantization.calibration import CalibrationSource, calibration_option, int8_metadata
 from .onnx_scan import check_scan_mode, scan_export_mode
 from .transforms import fold_batchnorm
 
 PTE_SUFFIX = ".pte"
 MANIFEST_SUFFIX = ".json"  # appended: model.pte -> model.pte.json
+PRECISIONS = ("fp32", "int8")
 DELEGATES = ("xnnpack", "portable")  # portable: no delegate, ExecuTorch's portable/optimized kernels only
 INPUT_NAME = "input"
 XNNPACK_MAX_DIMS = 6  # XNN_MAX_TENSOR_DIMS: the most dimensions an XNNPACK tensor can have
@@ -50,10 +52,18 @@ class ExecuTorchOptions:
     # rewrite LayerNorm and means into forms XNNPACK takes (see xnnpack_forms); only with the delegate
     xnnpack_forms: bool = True
     scan: str = "decomposed"
+    precision: str = "fp32"  # or "int8": PT2E static quantization for XNNPACK (edgevit.quantization.executorch_pt2e)
+    calib_images: Path | None = None  # int8: a folder of calibration images; None: the synthetic set
 
     def __post_init__(self) -> None:
         if self.delegate not in DELEGATES:
             raise EdgevitError(f"unknown ExecuTorch delegate {self.delegate!r}; choose one of {', '.join(DELEGATES)}")
+        if self.precision not in PRECISIONS:
+            raise EdgevitError(f"ExecuTorch programs take precision {' or '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.precision == "int8" and self.delegate != "xnnpack":
+            # the quantized ops are XNNPACK's; outside it they would need ExecuTorch's quantized kernel library
+            raise EdgevitError("ExecuTorch int8 programs run in the XNNPACK delegate; drop --delegate portable")
+        self.calibration()
         check_scan_mode(self.scan)
         if self.scan != "decomposed":
             # the custom scan op has no out-variant kernel in ExecuTorch: to_executorch fails late with
@@ -62,6 +72,9 @@ class ExecuTorchOptions:
 
     def metadata(self) -> dict[str, str]:
         return {"scan": self.scan, "delegate": self.delegate, "xnnpack_forms": str(self.uses_forms).lower()}
+
+    def calibration(self) -> CalibrationSource:
+        return calibration_option(self.calib_images, self.precision)
 
     @property
     def uses_forms(self) -> bool:
@@ -149,9 +162,9 @@ def executorch_version() -> str:
 def export_artifact(model: nn.Module, path: Path, options: ExecuTorchOptions,
                     meta: ArtifactMetadata) -> ArtifactMetadata:
     """The ExecuTorch row's exporter: ``model`` (eval mode, BatchNorm folded) lowered for ``meta``'s input
-    size and static batch to the program ``path``, and its manifest at :func:`manifest_path` (``path``)."""
-    export_executorch(model, path, options, meta)
-    return meta
+    size and static batch to the program ``path``, and its manifest at :func:`manifest_path` (``path``).
+    int8 adds what the quantization did (calibration, ops kept in float) to the returned metadata."""
+    return ArtifactMetadata.from_props(export_executorch(model, path, options, meta).metadata)
 
 
 def export_executorch(model: nn.Module, path: str | Path, options: ExecuTorchOptions,
@@ -168,6 +181,8 @@ def export_executorch(model: nn.Module, path: str | Path, options: ExecuTorchOpt
             prepare(tuple(meta.input_size))
         example = torch.zeros(meta.batch or 1, 3, *meta.input_size)
         try:
+            if options.precision == "int8":
+                model, meta = _quantized(model, options.calibration(), meta)
             with scan_export_mode(options.scan), torch.no_grad():
                 program = torch.export.export(model, (example,))
             if options.uses_forms:
@@ -194,6 +209,20 @@ def export_executorch(model: nn.Module, path: str | Path, options: ExecuTorchOpt
         xnnpack_forms=options.uses_forms, metadata=meta.to_props())
     manifest.write(manifest_path(path))
     return manifest
+
+
+def _quantized(model: nn.Module, calibration: CalibrationSource,
+               meta: ArtifactMetadata) -> tuple[nn.Module, ArtifactMetadata]:
+    """``model`` quantized for XNNPACK from the calibration source with the family's keep-in-float rules, and
+    ``meta`` recording both (the same metadata keys as the ONNX and OpenVINO int8 artifacts)."""
+    from ..models import get_model_card
+    from ..models.int8_rules import keep_float_rules
+    from ..quantization.executorch_pt2e import quantize_xnnpack
+
+    samples = calibration.batches(meta.input_size, meta.mean, meta.std, meta.batch)
+    with scan_export_mode("decomposed"):
+        quantized, kept = quantize_xnnpack(model, samples, keep_float_rules(get_model_card(meta.model).family))
+    return quantized, int8_metadata(meta, calibration, kept)
 
 
 def check_xnnpack_ranks(program: torch.export.ExportedProgram, model: str) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..artifact import ArtifactMetadata
 from ..errors import EdgevitError
-from ..quantization.calibration import CalibrationSource
+from ..quantization.calibration import CalibrationSource, calibration_option
 from .onnx_scan import DOMAIN as SCAN_DOMAIN
 from .onnx_scan import NODE_NAME as SCAN_NODE
 from .onnx_scan import attach_scan_functions, check_scan_mode, scan_export_mode, translation_table
@@ -58,12 +58,10 @@ class OnnxOptions:
         if self.opset not in OPSETS:
             raise EdgevitError(f"ONNX opset {self.opset} is not supported; choose {OPSETS[0]}..{OPSETS[-1]}")
         check_scan_mode(self.scan)
-        if self.calib_images is not None and self.precision != "int8":
-            raise EdgevitError("--calib-images only applies to --precision int8")
-        self.calibration().check()  # a missing or empty folder fails now, not after the export
+        self.calibration()
 
     def calibration(self) -> CalibrationSource:
-        return CalibrationSource(Path(self.calib_images) if self.calib_images is not None else None)
+        return calibration_option(self.calib_images, self.precision)
 
     def metadata(self) -> dict[str, str]:
         return {"scan": self.scan}

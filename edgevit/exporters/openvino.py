@@ -35,7 +35,7 @@ from ..artifact import PREFIX, ArtifactMetadata, read_manifest
 from ..errors import BackendUnavailableError, EdgevitError
 from ..models.int8_rules import KeepFloat, keep_float_rules
 from ..models.registry import get_model_card
-from ..quantization.calibration import CALIB_SEED, DEFAULT_CALIB_COUNT, CalibrationSource
+from ..quantization.calibration import CALIB_SEED, DEFAULT_CALIB_COUNT, CalibrationSource, calibration_option
 from ..quantization.float_rules import GraphView, kept_in_float
 from .onnx import OnnxOptions
 
@@ -74,14 +74,12 @@ class OpenVinoExportOptions:
     onnx: OnnxOptions = field(default_factory=OnnxOptions)
 
     def calibration(self) -> CalibrationSource:
-        return CalibrationSource(self.calib_images, self.calib_count, self.calib_seed)
+        return calibration_option(self.calib_images, self.precision, self.calib_count, self.calib_seed)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise EdgevitError(f"unknown OpenVINO precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.calib_images is not None and self.precision != "int8":
-            raise EdgevitError("--calib-images only applies to --precision int8")
-        self.calibration().check()  # a missing or empty folder fails now, not after the export
+        self.calibration()
 
     def metadata(self) -> dict[str, str]:
         return {"preprocess": PREPROCESS_U8 if self.embed_preprocess else "none"}

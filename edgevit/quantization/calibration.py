@@ -9,12 +9,16 @@ distribution the artifact will see.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..artifact import ArtifactMetadata
 from ..errors import EdgevitError
 from ..images import fit_to, image_files, read_image, synthetic_images, to_tensor
 
@@ -59,6 +63,26 @@ class CalibrationSource:
         """Normalised NCHW float32 batches of the artifact's static batch size (1 for a dynamic batch);
         fewer images than one batch are repeated to fill it."""
         return batches_of(to_tensor(self.images_u8(size), mean, std), batch or 1)
+
+
+def calibration_option(calib_images: Path | None, precision: str, count: int = DEFAULT_CALIB_COUNT,
+                       seed: int = CALIB_SEED) -> CalibrationSource:
+    """The calibration source an export's ``--calib-images``/``--precision`` name, validated before any export
+    work: a folder with a non-int8 precision would change nothing, so it is refused rather than ignored, and a
+    missing or empty folder fails now, not after minutes of exporting."""
+    if calib_images is not None and precision != "int8":
+        raise EdgevitError("--calib-images only applies to --precision int8")
+    source = CalibrationSource(Path(calib_images) if calib_images is not None else None, count, seed)
+    source.check()
+    return source
+
+
+def int8_metadata(meta: ArtifactMetadata, calibration: CalibrationSource, kept: Mapping[str, str]) -> ArtifactMetadata:
+    """``meta`` of an int8 artifact: its precision, where its ranges came from and how many ops each
+    keep-in-float rule left in float (the same keys for every format, so ``verify``/``info`` read them alike)."""
+    extra = {**meta.extra, "precision": "int8", "calibration": calibration.describe(),
+             "kept_in_float": json.dumps(dict(Counter(kept.values())))}
+    return dataclasses.replace(meta, extra=extra)
 
 
 def batches_of(x: np.ndarray, batch: int) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import BackendUnavailableError
 from ..models.int8_rules import KeepFloat
-from .float_rules import GraphView, kept_in_float
+from .float_rules import OUTPUT_REASON, GraphView, kept_in_float
 
 # ONNX op type (the rules' vocabulary) -> the ATen ops torch.export writes for it.
 ATEN_ALIASES: dict[str, frozenset[str]] = {
@@ -87,7 +87,7 @@ def quantize_xnnpack(model: nn.Module, samples: Sequence[np.ndarray],
                        for a in n.all_input_nodes}  # the logits' producer stays float, as in ONNX
             for node in gm.graph.nodes:
                 if node.name in outputs and node.op == "call_function":
-                    RuleAwareQuantizer.kept.setdefault(node.name, "produces a graph output (logits stay float)")
+                    RuleAwareQuantizer.kept.setdefault(node.name, OUTPUT_REASON)
                 if node.name in RuleAwareQuantizer.kept:
                     node.meta.pop("quantization_annotation", None)
             return gm

@@ -20,6 +20,8 @@ N = TypeVar("N")
 # What the quantizers turn into integer kernels, in ONNX names: every other op already runs in float.
 QUANTIZABLE = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 
+OUTPUT_REASON = "produces a graph output (logits stay float)"  # why every format keeps the logits float
+
 
 @dataclass(frozen=True)
 class GraphView(Generic[N]):

@@ -18,12 +18,9 @@ quantization. The recipe:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +29,8 @@ import onnx
 from ..artifact import ArtifactMetadata
 from ..errors import BackendUnavailableError
 from ..models.int8_rules import KeepFloat, keep_float_rules
-from .calibration import CalibrationSource
-from .float_rules import QUANTIZABLE, GraphView, kept_in_float
-
-OUTPUT_REASON = "produces a graph output (logits stay float)"
+from .calibration import CalibrationSource, int8_metadata
+from .float_rules import OUTPUT_REASON, QUANTIZABLE, GraphView, kept_in_float
 
 
 def onnx_graph_view(model: onnx.ModelProto) -> GraphView[onnx.NodeProto]:
@@ -78,8 +73,7 @@ def export_int8(export_fp32: Callable[[Path], object], path: Path, calibration: 
         fp32 = Path(tmp) / "fp32.onnx"
         export_fp32(fp32)
         keep = quantize_qdq(onnx.load(str(fp32)), path, samples, keep_float_rules(get_model_card(meta.model).family))
-    meta = replace(meta, extra={**meta.extra, "precision": "int8", "calibration": calibration.describe(),
-                                "kept_in_float": json.dumps(dict(Counter(keep.values())))})
+    meta = int8_metadata(meta, calibration, keep)
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():

@@ -41,25 +41,29 @@ class RunnerInfo:
 class OpTime:
     """One kind of op in a per-op profile: ``op`` (ONNX op type / OpenVINO layer type), ``kernel`` (what ran
     it: ONNX Runtime's execution provider, OpenVINO's implementation such as ``brgemm_avx512_amx_f32``, which
-    also says which instruction set and precision really ran), ``ms`` per call, ``nodes`` executed per call."""
+    also says which instruction set and precision really ran), ``ms`` per call, ``nodes`` executed per call,
+    and ``bytes`` its nodes read and wrote per call where the runtime reports tensor sizes (ONNX Runtime:
+    activations + parameters + outputs; 0 where it does not, e.g. OpenVINO): the traffic a memory roof bounds."""
 
     op: str
     kernel: str
     ms: float
     nodes: int
+    bytes: float = 0.0
 
 
-def op_times(samples: Iterable[tuple[str, str, float]], calls: int) -> list[OpTime]:
-    """``(op, kernel, ms)`` samples of ``calls`` runs -> one :class:`OpTime` per (op, kernel), per-call means,
-    slowest first (shared by every runtime's :meth:`Runner.op_profile`)."""
+def op_times(samples: Iterable[tuple[str, str, float, float]], calls: int) -> list[OpTime]:
+    """``(op, kernel, ms, bytes)`` samples of ``calls`` runs -> one :class:`OpTime` per (op, kernel), per-call
+    means, slowest first (shared by every runtime's :meth:`Runner.op_profile`)."""
     totals: dict[tuple[str, str], list[float]] = {}
-    for op, kernel, ms in samples:
-        entry = totals.setdefault((op, kernel), [0.0, 0])
+    for op, kernel, ms, nbytes in samples:
+        entry = totals.setdefault((op, kernel), [0.0, 0, 0.0])
         entry[0] += ms
         entry[1] += 1
+        entry[2] += nbytes
     n = max(calls, 1)
-    return sorted((OpTime(op, kernel, ms / n, round(count / n)) for (op, kernel), (ms, count) in totals.items()),
-                  key=lambda t: -t.ms)
+    return sorted((OpTime(op, kernel, ms / n, round(count / n), nbytes / n)
+                   for (op, kernel), (ms, count, nbytes) in totals.items()), key=lambda t: -t.ms)
 
 
 def check_dtype(spec: TensorSpec, got: np.dtype, backend: str) -> None:

@@ -81,10 +81,15 @@ def _dims(shape: list) -> tuple[int | str, ...]:
 
 
 def ort_op_times(events: list[dict], calls: int) -> list[OpTime]:
-    """Per op type and provider: mean kernel milliseconds over the last ``calls`` ``model_run`` events of an
-    ONNX Runtime profile (its ``Node`` ``*_kernel_time`` events inside those runs)."""
+    """Per op type and provider: mean kernel milliseconds and bytes moved over the last ``calls``
+    ``model_run`` events of an ONNX Runtime profile (its ``Node`` ``*_kernel_time`` events inside those runs;
+    bytes = the event's activation + parameter + output sizes)."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-calls:]
     kernels = (e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
                and any(start <= e["ts"] <= end for start, end in runs))
-    return op_times(((e.get("args", {}).get("op_name", "?"), e.get("args", {}).get("provider", "?"), e["dur"] / 1000.0)
-                     for e in kernels), len(runs))
+    return op_times(((e.get("args", {}).get("op_name", "?"), e.get("args", {}).get("provider", "?"), e["dur"] / 1000.0,
+                      _node_bytes(e.get("args", {}))) for e in kernels), len(runs))
+
+
+def _node_bytes(args: Mapping[str, object]) -> float:
+    return float(sum(int(str(args.get(k, 0)) or 0) for k in ("activation_size", "parameter_size", "output_size")))

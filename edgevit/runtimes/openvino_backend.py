@@ -93,10 +93,10 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         checked = self._check_feeds(feeds)
-        samples: list[tuple[str, str, float]] = []
+        samples: list[tuple[str, str, float, float]] = []  # OpenVINO's counters carry no tensor sizes
         for _ in range(calls):
             self._run(checked)
-            samples += [(i.node_type, i.exec_type, i.real_time.total_seconds() * 1000.0)
+            samples += [(i.node_type, i.exec_type, i.real_time.total_seconds() * 1000.0, 0.0)
                         for i in self.request.get_profiling_info() if i.status == ov.ProfilingInfo.Status.EXECUTED]
         return op_times(samples, calls)
 

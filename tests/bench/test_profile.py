@@ -10,7 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from edgevit import cli, pipeline, runtimes
-from edgevit.bench.profile import profile
+from edgevit.bench.profile import ProfileReport, profile
+from edgevit.bench.roof import BandwidthPoint, bandwidth_at
+from edgevit.models import create_model
+from edgevit.models.counting import count_macs
+from edgevit.runtimes.base import OpTime
 from edgevit.errors import EdgevitError
 from edgevit.runtimes.onnxruntime_backend import ort_op_times
 from edgevit.verify import seeded_inputs
@@ -18,19 +22,21 @@ from edgevit.verify import seeded_inputs
 MODEL, SIZE = "s2aformer-mini", (64, 64)
 
 
-def _node(op: str, ts: int, dur: int) -> dict:
+def _node(op: str, ts: int, dur: int, size: int = 0) -> dict:
     return {"cat": "Node", "name": f"{op}_0_kernel_time", "ts": ts, "dur": dur,
-            "args": {"op_name": op, "provider": "CPUExecutionProvider"}}
+            "args": {"op_name": op, "provider": "CPUExecutionProvider", "activation_size": str(size),
+                     "parameter_size": "100", "output_size": str(2 * size)}}
 
 
 def test_ort_times_count_only_the_last_runs_and_average_them() -> None:
     events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}, _node("Conv", 10, 90_000),  # warm-up
-              {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100}, _node("Conv", 210, 4000),
+              {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100}, _node("Conv", 210, 4000, 1000),
               _node("Softmax", 250, 1000),
               {"cat": "Session", "name": "model_run", "ts": 400, "dur": 100}, _node("Conv", 410, 2000),
               _node("Softmax", 450, 1000), {"cat": "Node", "name": "Conv_0_fence_before", "ts": 420, "dur": 7}]
     times = {t.op: t for t in ort_op_times(events, calls=2)}
     assert times["Conv"].ms == pytest.approx(3.0) and times["Conv"].nodes == 1
+    assert times["Conv"].bytes == pytest.approx((3100 + 100) / 2)  # activations + parameters + outputs, per call
     assert times["Softmax"].ms == pytest.approx(1.0)
     assert [t.op for t in ort_op_times(events, calls=2)] == ["Conv", "Softmax"]  # slowest first
 
@@ -42,6 +48,24 @@ def test_onnxruntime_profile_covers_the_graph_ops() -> None:
     assert {"Conv", "Softmax"} <= {t.op for t in rep.ops} <= graph_ops | {
         "FusedConv", "FusedMatMul", "ReorderInput", "ReorderOutput", "FusedGemm", "Gelu", "BiasGelu"}
     assert 0 < rep.op_ms <= rep.wall_ms
+    # floors: every op kind reports its traffic; the whole graph cannot run at the memory roof, and the
+    # compute floor is the model's MACs (s2aformer-mini at 64x64) over a roof of this machine
+    assert all(t.bytes > 0 for t in rep.ops)
+    assert rep.memory_floor_ms is not None and 0 < rep.memory_floor_ms < rep.op_ms
+    assert rep.macs == count_macs(create_model(MODEL), SIZE).total
+    assert rep.compute_floor_ms is not None and 0 < rep.compute_floor_ms < rep.op_ms
+
+
+def test_memory_floor_uses_the_bandwidth_of_the_ops_own_size() -> None:
+    curve = [BandwidthPoint(1.0, 100.0), BandwidthPoint(16.0, 20.0)]
+    assert bandwidth_at(curve, 2**20) == 100.0 and bandwidth_at(curve, 2**20 + 1) == 20.0
+    assert bandwidth_at(curve, 2**30) == 20.0  # beyond the largest probe: the streaming rate
+    rep = ProfileReport(MODEL, "onnxruntime", "fp32", SIZE, 1, 1, 1, 1.0, bandwidth=curve,
+                        ops=[OpTime("Where", "cpu", 1.0, 2, 6 * 2**20),  # two nodes of 1 MiB operands: cached
+                             OpTime("Add", "cpu", 1.0, 1, 3 * 2**21), OpTime("Conv", "cpu", 1.0, 1)])
+    where, add, conv = (rep.floor_ms(t) for t in rep.ops)
+    assert where == pytest.approx(6 * 2**20 / 100e9 * 1e3) and add == pytest.approx(3 * 2**21 / 20e9 * 1e3)
+    assert conv is None and rep.memory_floor_ms == pytest.approx(where + add)
 
 
 def test_openvino_profile_names_the_f32_kernels_that_ran() -> None:
@@ -50,6 +74,7 @@ def test_openvino_profile_names_the_f32_kernels_that_ran() -> None:
     convs = [t for t in rep.ops if t.op in ("Convolution", "GroupConvolution")]
     assert convs and all(t.kernel.endswith("_f32") for t in convs)  # f32 asked, f32 ran (no silent bf16)
     assert 0 < rep.op_ms <= rep.wall_ms and rep.runtime == "openvino:f32"
+    assert rep.memory_floor_ms is None and rep.bandwidth == []  # OpenVINO's counters carry no tensor sizes
 
 
 def test_profile_refuses_runtimes_without_counters_and_unprofiled_runners() -> None:

@@ -82,3 +82,10 @@ def test_measured_fp32_roof_is_within_a_sane_factor_of_theory() -> None:
     # A loaded shared machine reaches a few % of theory; a unit mix-up (FLOP vs MAC, cores vs threads, GHz vs
     # MHz) lands outside [1/50, 2.5] (2.5 leaves room for turbo above the reported clock).
     assert 0.02 < probe.fraction_of_theory < 2.5, probe.to_dict()
+
+
+def test_bandwidth_probe_is_a_curve_over_sizes() -> None:
+    curve = roof.measure_bandwidth(1, sizes_mib=(0.25, 64.0), seconds=0.05)
+    assert [p.mib for p in curve] == [0.25, 64.0]
+    # any machine streams between 0.5 GB/s and 2 TB/s; cache-sized operands are not slower than DRAM-sized
+    assert all(0.5 < p.gb_per_s < 2000 for p in curve) and curve[0].gb_per_s >= 0.8 * curve[1].gb_per_s

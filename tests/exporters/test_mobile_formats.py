@@ -8,10 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edgevit import pipeline, runtimes
-from edgevit.errors import EdgevitError
+from edgevit.errors import EdgevitError, VerificationError
 from edgevit.formats import format_options
+from edgevit.models import create_model
+from edgevit.models.int8_rules import keep_float_rules
+from edgevit.quantization.accuracy import AgreementReport
+from edgevit.quantization.calibration import CalibrationSource
+from edgevit.quantization.float_rules import OUTPUT_REASON
 from edgevit.verify import seeded_inputs
 from tests.mobile_support import MODEL, SIZE, exported
 
@@ -149,3 +155,66 @@ def test_smallest_variant_of_every_family_exports_to_executorch(name: str,
     manifest = json.loads(Path(str(report.path) + ".json").read_text())
     assert manifest["backends"] == ["XnnpackBackend"]
     print(name, manifest["delegation"])
+
+
+@pytest.fixture(scope="module")  # int8 lowering: ~3.5 min at 64x64 on 2 cores (quantize 45 s, lower 110 s)
+def pte_int8(tmp_path_factory: pytest.TempPathFactory) -> pipeline.ExportReport:
+    """int8 exported without the gate (whether an export clears it is a measurement on 500 images at 224,
+    not a unit test at 64x64); the tests below check the program and `verify`'s agreement path."""
+    pytest.importorskip("executorch", reason="the executorch extra is not installed")
+    out = tmp_path_factory.mktemp("et-int8") / "q.pte"
+    return pipeline.export(MODEL, "executorch", out, input_size=SIZE, verify=False,
+                           format_options=format_options("executorch", precision="int8"))
+
+
+@pytest.mark.slow
+def test_executorch_int8_program_holds_int8_weights_inside_xnnpack(pte: pipeline.ExportReport,
+                                                                   pte_int8: pipeline.ExportReport) -> None:
+    manifest = json.loads(Path(str(pte_int8.path) + ".json").read_text())
+    delegation = manifest["delegation"]
+    # every quantize/dequantize pair runs in the delegate: none is left to ExecuTorch's portable kernels
+    assert not [op for op in delegation["non_delegated_by_op"] if "quantize" in op], delegation
+    assert manifest["backends"] == ["XnnpackBackend"]
+    # convolution weights stored as int8 (1 byte instead of 4); the logits' Linear (2 M of s2aformer-mini's
+    # 4.9 M parameters) stays float by rule, so the program shrinks by the convolutions' 3 bytes per weight
+    conv_params = sum(m.weight.numel() for m in create_model(MODEL).modules() if isinstance(m, torch.nn.Conv2d))
+    assert pte.path.stat().st_size - pte_int8.path.stat().st_size > 0.9 * 3 * conv_params
+    meta = pte_int8.metadata
+    assert meta.extra["precision"] == "int8" and meta.extra["calibration"].startswith("synthetic")
+    reasons = json.loads(meta.extra["kept_in_float"])
+    assert set(reasons) <= {r.describe() for r in keep_float_rules("S2AFormer")} | {OUTPUT_REASON}
+    assert OUTPUT_REASON in reasons and len(reasons) >= 2, reasons  # the head and the attention-weighting rule
+
+
+@pytest.mark.slow
+def test_executorch_int8_program_is_verified_by_agreement(pte_int8: pipeline.ExportReport) -> None:
+    report = pipeline.verify(None, pte_int8.path, eval_images=16)
+    assert isinstance(report, AgreementReport) and report.images == 16
+    assert report.candidate.startswith("executorch") and report.top5 >= 0.9  # int8 noise, not a broken graph
+
+
+@pytest.mark.slow  # a second int8 lowering
+def test_miscalibrated_executorch_int8_fails_verification_and_writes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranges from inputs 1000x too small (a preprocessing mismatch) saturate every activation: the agreement
+    check must catch it before the program appears."""
+    pytest.importorskip("executorch", reason="the executorch extra is not installed")
+    real = CalibrationSource.batches
+    monkeypatch.setattr(CalibrationSource, "batches", lambda self, *a: [b * 1e-3 for b in real(self, *a)])
+    with pytest.raises(VerificationError, match="disagrees with fp32"):
+        pipeline.export(MODEL, "executorch", tmp_path / "q.pte", input_size=SIZE, eval_images=32,
+                        format_options=format_options("executorch", precision="int8"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_executorch_int8_options_are_checked_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(EdgevitError, match="XNNPACK delegate"):
+        format_options("executorch", precision="int8", delegate="portable")
+    with pytest.raises(EdgevitError, match="only applies to --precision int8"):
+        format_options("executorch", calib_images=tmp_path)
+    with pytest.raises(EdgevitError, match="fp32 or int8"):
+        format_options("executorch", precision="fp16")
+    with pytest.raises(EdgevitError, match="verified by top-1 agreement"):
+        pipeline.export(MODEL, "executorch", tmp_path / "q.pte", input_size=SIZE, rtol=1e-2,
+                        format_options=format_options("executorch", precision="int8"))
+    assert not list(tmp_path.iterdir())
