@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker's PyTorch gets its share of the cores, not all of them.
+
+    Why: two workers each running PyTorch's OpenMP pool over every core oversubscribe the machine, and
+    OpenMP's spin-waiting turns that into a collapse, not a 2x slowdown: A2Mamba's eager reference at 200x260
+    took 8 s alone and 59 s beside one other 2-thread PyTorch process (2 cores, measured), 230 s in the suite.
+    Tests that ask for a thread count still get it (runners set it; the fixture below restores the share).
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
 @pytest.fixture(autouse=True)

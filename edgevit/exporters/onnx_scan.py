@@ -45,16 +45,18 @@ EDGEVIT = Opset(DOMAIN, DOMAIN_VERSION)
 @script(EDGEVIT, default_opset=op)
 def SegsumScan(a: FLOAT, x: FLOAT) -> FLOAT:
     """Inclusive scan ``h_t = exp(a_t) h_{t-1} + x_t`` over the last axis as one masked matrix product
-    (segment sums by CumSum of the masked ``a``, ``-inf`` above the diagonal before Exp)."""
+    (segment sums by CumSum of the masked ``a``, ``-inf`` above the diagonal before Exp). The masks are
+    built on the small ``n x n`` grid and applied by Mul/Add, as in the eager form, not by a broadcast Where."""
     n = op.Shape(a, start=-1)
     idx = op.Range(op.Constant(value_int=0), op.Squeeze(n), op.Constant(value_int=1))
     k = op.Unsqueeze(idx, op.Constant(value_ints=[1]))
     s = op.Unsqueeze(idx, op.Constant(value_ints=[0]))
     zero = op.CastLike(op.Constant(value_float=0.0), a)  # CastLike: onnxslim widens float Constants
     neg_inf = op.CastLike(op.Constant(value_float=float("-inf")), a)
-    seg = op.CumSum(op.Where(op.Greater(k, s), op.Unsqueeze(a, op.Constant(value_ints=[-1])), zero),
-                    op.Constant(value_int=-2))
-    seg = op.Where(op.GreaterOrEqual(k, s), seg, neg_inf)
+    after_s = op.CastLike(op.Greater(k, s), a)
+    causal = op.Where(op.GreaterOrEqual(k, s), zero, neg_inf)
+    seg = op.CumSum(op.Mul(op.Unsqueeze(a, op.Constant(value_ints=[-1])), after_s), op.Constant(value_int=-2))
+    seg = op.Add(seg, causal)
     h = op.MatMul(op.Exp(seg), op.Unsqueeze(x, op.Constant(value_ints=[-1])))
     return op.Squeeze(h, op.Constant(value_ints=[-1]))
 
