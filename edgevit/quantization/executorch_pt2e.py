@@ -53,13 +53,55 @@ def _aten_name(node: torch.fx.Node) -> str:
     return name.split(".")[0]
 
 
+# FX ops the ONNX graph does not have (fp32 dtype no-ops, memory-layout copies): they are looked through, so a
+# rule's ``hops`` count the same ops in the FX graph as in the ONNX graph it was written against
+# (partialformer-b0: ``to``/``contiguous`` put the context score's nearest conv 9 hops from TopK, not 7).
+TRANSPARENT = frozenset({"to", "_to_copy", "contiguous", "clone", "alias", "detach"})
+
+
 def fx_graph_view(graph: torch.fx.Graph) -> GraphView[torch.fx.Node]:
     """The keep-in-float rules' view of an exported FX graph (constants/parameters end a search)."""
+    def producer(a: object) -> torch.fx.Node | None:
+        while isinstance(a, torch.fx.Node) and a.op == "call_function" and _aten_name(a) in TRANSPARENT:
+            a = a.all_input_nodes[0] if a.all_input_nodes else None
+        return a if isinstance(a, torch.fx.Node) and a.op == "call_function" else None
+
     def inputs(node: torch.fx.Node) -> list[torch.fx.Node | None]:
-        return [a if isinstance(a, torch.fx.Node) and a.op == "call_function" else None for a in node.all_input_nodes]
+        return [producer(a) for a in node.all_input_nodes]
 
     return GraphView(nodes=list(graph.nodes), kind=_aten_name, name=lambda n: n.name, inputs=inputs,
                      aliases=ATEN_ALIASES)
+
+
+def _drop_orphaned_sharing(graph: torch.fx.Graph) -> None:
+    """Unannotate every node whose quantization spec shares its parameters with a node left unannotated.
+
+    Why: XNNPACK's quantizer lets layout ops (permute, reshape, cat ...) share the qparams of their producer
+    (``SharedQuantizationSpec``); once a kept-float producer loses its annotation, ``prepare_pt2e`` fails on the
+    dangling reference (``KeyError: linear_3`` on partialformer-b0). Those followers carry no arithmetic, so
+    they simply stay float with their producer; repeated until no reference dangles.
+    """
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    def refers_to_unannotated(spec: object) -> bool:
+        if not isinstance(spec, SharedQuantizationSpec):
+            return False
+        target = spec.edge_or_node
+        nodes = target if isinstance(target, tuple) else (target,)
+        return any("quantization_annotation" not in n.meta for n in nodes
+                   if isinstance(n, torch.fx.Node) and n.op == "call_function")
+
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.nodes:
+            ann = node.meta.get("quantization_annotation")
+            if ann is None:
+                continue
+            specs = [*ann.input_qspec_map.values(), ann.output_qspec]
+            if any(refers_to_unannotated(s) for s in specs):
+                node.meta.pop("quantization_annotation")
+                changed = True
 
 
 def quantize_xnnpack(model: nn.Module, samples: Sequence[np.ndarray],
@@ -90,6 +132,7 @@ def quantize_xnnpack(model: nn.Module, samples: Sequence[np.ndarray],
                     RuleAwareQuantizer.kept.setdefault(node.name, OUTPUT_REASON)
                 if node.name in RuleAwareQuantizer.kept:
                     node.meta.pop("quantization_annotation", None)
+            _drop_orphaned_sharing(gm.graph)
             return gm
 
     quantizer = RuleAwareQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
