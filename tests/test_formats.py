@@ -53,6 +53,9 @@ CASES: dict[str, dict[str, tuple[Any, str]]] = {
         "delegate": ("portable", "changes"),
         "xnnpack_forms": (False, "changes"),
         "scan": ("custom", "refused: need the decomposed selective scan"),
+        # int8 "changes" costs ~3.5 min of lowering: tests/exporters/test_mobile_formats.py (slow) checks it
+        "precision": ("fp16", "refused: fp32 or int8"),
+        "calib_images": (Path("."), "refused: only applies to --precision int8"),
     },
     "ort": {
         "target_platform": ("amd64", "changes"),
