@@ -416,9 +416,11 @@ def _artifact_case(path: Path, batches: Sequence[int] | None) -> tuple[list[str]
 
 
 def artifact_runtime(path: str | Path) -> str:
-    """The runtime that runs a user's artifact when --runtimes is not given (never an eager torch row)."""
-    return {"onnxruntime": "onnxruntime", "openvino": "openvino:f32", "tensorrt": "tensorrt"}.get(
-        runtimes.backend_for_path(Path(path)), "onnxruntime")
+    """The runtime that runs a user's artifact when --runtimes is not given: the backend that reads its file
+    (a ``.pte`` in ExecuTorch, an ``.ort`` folder in ORT-format ONNX Runtime; OpenVINO pinned to f32, as
+    verification runs it; never an eager torch row)."""
+    backend = runtimes.backend_for_path(Path(path))
+    return "openvino:f32" if backend == "openvino" else backend
 
 
 def case_count(models: Sequence[str], runtime_names: Sequence[str], device: str,

@@ -66,6 +66,14 @@ def op_times(samples: Iterable[tuple[str, str, float, float]], calls: int) -> li
                    for (op, kernel), (ms, count, nbytes) in totals.items()), key=lambda t: -t.ms)
 
 
+def stored_precision(compute: str, metadata: ArtifactMetadata | None) -> str:
+    """The precision label of a runner: ``compute`` (what its float kernels run), prefixed ``int8+`` when the
+    artifact is an int8 one (quantized ops run integer kernels, the rest ``compute``), so a row or a
+    verification line never calls an int8 program fp32."""
+    stored = metadata.extra.get("precision") if metadata else None
+    return f"int8+{compute}" if stored == "int8" else compute
+
+
 def check_dtype(spec: TensorSpec, got: np.dtype, backend: str) -> None:
     """Refuse an input the runtime would only take through a lossy cast, which runs and returns wrong
     results (uint8 pixels read as normalised floats, float pixels wrapped into uint8, bool/complex).

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..artifact import ArtifactMetadata
 from ..errors import ArtifactError, BackendUnavailableError
-from .base import Runner, RunnerInfo, TensorSpec
+from .base import Runner, RunnerInfo, TensorSpec, stored_precision
 
 # ExecuTorch ScalarType codes (c10 numbering) -> numpy dtype names
 _DTYPES = {0: "uint8", 1: "int8", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64", 11: "bool"}
@@ -69,7 +69,8 @@ class ExecuTorchRunner(Runner):
                             "outside_compute_share": f"{share:.4f}"})
         else:
             details["delegate"] = "unknown (no manifest)"
-        self.info = RunnerInfo("executorch", "fp32", "cpu", portable_lib._threadpool_get_thread_count(), details)
+        self.info = RunnerInfo("executorch", stored_precision("fp32", self.metadata), "cpu",
+                               portable_lib._threadpool_get_thread_count(), details)
 
     def _execute(self, tensors: list[Any]) -> list[Any]:
         return self.method.execute(tensors)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..artifact import ArtifactMetadata
 from ..errors import ArtifactError, EdgevitError
-from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times
+from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, stored_precision
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
               "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -49,10 +49,9 @@ class OnnxRuntimeRunner(Runner):
         provider = self.session.get_providers()[0]
         precision = "fp16" if self.inputs and self.inputs[0].dtype == "float16" else "fp32"
         details = {"provider": provider, "onnxruntime": ort.__version__}
-        stored = self.metadata.extra.get("precision") if self.metadata else None
-        if stored == "int8":  # a QDQ model: quantized ops run integer kernels, the rest float
-            precision = f"int8+{precision}"
-            details["model_precision"] = stored
+        if self.metadata and self.metadata.extra.get("precision") == "int8":  # QDQ: integer kernels + float rest
+            precision = stored_precision(precision, self.metadata)
+            details["model_precision"] = "int8"
         self.info = RunnerInfo("onnxruntime", precision, "cuda" if "CUDA" in provider else "cpu", threads, details)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

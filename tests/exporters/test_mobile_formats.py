@@ -43,6 +43,14 @@ def test_executorch_export_is_verified_and_fully_delegated(pte: pipeline.ExportR
     assert pte.metadata.extra["delegate"] == "xnnpack"
 
 
+def test_bench_runs_a_program_in_executorch(pte: pipeline.ExportReport) -> None:
+    """`edgevit bench --artifact model.pte` picks ExecuTorch (it once fell back to ONNX Runtime and failed)."""
+    from edgevit.bench.suite import artifact_runtime
+
+    assert artifact_runtime(pte.path) == "executorch"
+    assert runtimes.load(pte.path).info.precision == "fp32"
+
+
 def test_executorch_program_verifies_and_runs_like_pytorch(pte: pipeline.ExportReport) -> None:
     report = pipeline.verify(None, pte.path, threads=1)
     assert report.passed and report.worst_rel <= 1e-4
@@ -190,7 +198,7 @@ def test_executorch_int8_program_holds_int8_weights_inside_xnnpack(pte: pipeline
 def test_executorch_int8_program_is_verified_by_agreement(pte_int8: pipeline.ExportReport) -> None:
     report = pipeline.verify(None, pte_int8.path, eval_images=16)
     assert isinstance(report, AgreementReport) and report.images == 16
-    assert report.candidate.startswith("executorch") and report.top5 >= 0.9  # int8 noise, not a broken graph
+    assert report.candidate == "executorch (int8+fp32)" and report.top5 >= 0.9  # int8 noise, not a broken graph
 
 
 @pytest.mark.slow  # a second int8 lowering
