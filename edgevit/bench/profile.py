@@ -80,10 +80,10 @@ class ProfileReport:
 
 def profile(model: str | None, runtime: str = "onnxruntime", *, input_size: int | str | tuple[int, int] | None = None,
             batch: int = 1, threads: int | None = None, calls: int = 10, warmup: int = 2,
-            artifact: str | Path | None = None, roofs: bool = True) -> ProfileReport:
+            artifact: str | Path | None = None) -> ProfileReport:
     """Profile ``model`` (exported and verified into the benchmark cache, as ``edgevit bench`` does) or a
-    user's ``artifact`` in ``runtime`` (``onnxruntime``, ``openvino:f32``, ``openvino:bf16``, ...); ``roofs``
-    also measures the machine's memory and GEMM roofs for the floors (about 3 s)."""
+    user's ``artifact`` in ``runtime`` (``onnxruntime``, ``openvino:f32``, ``openvino:bf16``, ...), with
+    the machine's memory and GEMM roofs measured for the floors (about 3 s)."""
     specs = parse_runtimes([runtime], "cpu")
     if len(specs) != 1 or specs[0].backend not in PROFILED_BACKENDS:
         raise EdgevitError(f"per-op profiles come from {' and '.join(PROFILED_BACKENDS)}; pass --runtime "
@@ -114,18 +114,17 @@ def profile(model: str | None, runtime: str = "onnxruntime", *, input_size: int 
     wall_ms = (time.perf_counter() - t0) * 1000.0 / calls
     report = ProfileReport(name, spec.label, runner.info.precision, size, batch, runner.info.threads, calls,
                            wall_ms, ops, str(path))
-    if roofs:
-        _add_roofs(report, runner.info.threads or environment.physical_cores())
+    _add_roofs(report, runner.info.threads or environment.physical_cores())
     return report
 
 
 def _add_roofs(report: ProfileReport, threads: int) -> None:
     """The machine's measured memory and fp32 GEMM roofs (same threads), and the model's MACs per call."""
-    if any(t.bytes for t in report.ops):
-        report.bandwidth = measure_bandwidth(threads)
-    report.gemm_roof_gmacs_per_s = measure_roof(threads, ["fp32"])["fp32"].gmacs_per_s
     from ..models import create_model, list_models
     from ..models.counting import count_macs
 
+    if any(t.bytes for t in report.ops):
+        report.bandwidth = measure_bandwidth(threads)
+    report.gemm_roof_gmacs_per_s = measure_roof(threads, ["fp32"])["fp32"].gmacs_per_s
     if report.model in list_models():
         report.macs = count_macs(create_model(report.model), report.input_size).total * report.batch

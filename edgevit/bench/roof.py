@@ -8,9 +8,10 @@ reach, so "% of measured GEMM roof" says how much of the achievable machine a ne
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,16 +94,25 @@ def probe_precisions(flags: set[str] | None = None) -> list[str]:
     return [p for p in uarch.PRECISIONS if p == "fp32" or any(f in flags for f in PROBE_FLAGS[p])]
 
 
-def measure_roof(threads: int, precisions: list[str] | None = None, seconds: float = 0.3) -> dict[str, RoofProbe]:
-    """One GEMM probe per precision, run with ``threads`` (torch's process-wide count is restored)."""
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's thread count is process-wide: set it for a measurement and restore it after."""
     import torch
 
-    cpu = uarch.read_cpuid()
-    cores = min(threads, environment.physical_cores())
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    out: dict[str, RoofProbe] = {}
     try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure_roof(threads: int, precisions: list[str] | None = None, seconds: float = 0.3) -> dict[str, RoofProbe]:
+    """One GEMM probe per precision, run with ``threads`` (torch's process-wide count is restored)."""
+    cpu = uarch.read_cpuid()
+    cores = min(threads, environment.physical_cores())
+    out: dict[str, RoofProbe] = {}
+    with torch_threads(threads):
         for p in precisions or probe_precisions(set(cpu.flags)):
             theory = uarch.theoretical_peak(p, cores, cpu)
             try:
@@ -110,8 +120,6 @@ def measure_roof(threads: int, precisions: list[str] | None = None, seconds: flo
                 out[p] = RoofProbe(p, _best_rate(call, float(GEMM_SIZE) ** 3, seconds), library, threads, theory)
             except (RuntimeError, ImportError, ValueError) as exc:
                 out[p] = RoofProbe(p, None, "", threads, theory, (str(exc).splitlines() or ["failed"])[0])
-    finally:
-        torch.set_num_threads(previous)
     return out
 
 
@@ -137,17 +145,13 @@ def measure_bandwidth(threads: int, sizes_mib: tuple[float, ...] = BANDWIDTH_SIZ
     """
     import torch
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        points = []
+    points = []
+    with torch_threads(threads):
         for mib in sizes_mib:
             n = int(mib * 2**20) // 4
             a, b, c = torch.ones(n), torch.ones(n), torch.empty(n)
             rate = _best_rate(functools.partial(torch.add, a, b, out=c), 3.0 * 4 * n, seconds)
             points.append(BandwidthPoint(mib, rate))
-    finally:
-        torch.set_num_threads(previous)
     return points
 
 

@@ -325,10 +325,8 @@ def run(models: Sequence[str], runtime_names: Sequence[str], *, device: str = "c
     env = environment.collect()
     env.update(threads=n_threads, streams=streams, scenario=scenario, device=device, macs_convention=EFFICIENCY_MACS,
                timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(n_threads)  # process-wide in PyTorch: restored below
     report = BenchReport(env, policy, [], planned=len(plan) * len(specs))
-    try:
+    with roof.torch_threads(n_threads):
         roofs = roof.measure_roof(n_threads, seconds=roof_seconds) if device == "cpu" and roof_seconds > 0 else None
         if roofs is not None:
             env["roof"] = {p: r.to_dict() for p, r in roofs.items()}
@@ -342,8 +340,6 @@ def run(models: Sequence[str], runtime_names: Sequence[str], *, device: str = "c
                 report.rows.append(row)
                 if on_row:
                     on_row(report)
-    finally:
-        torch.set_num_threads(previous_threads)
     return report
 
 

@@ -49,8 +49,8 @@ class OnnxRuntimeRunner(Runner):
         provider = self.session.get_providers()[0]
         precision = "fp16" if self.inputs and self.inputs[0].dtype == "float16" else "fp32"
         details = {"provider": provider, "onnxruntime": ort.__version__}
-        if self.metadata and self.metadata.extra.get("precision") == "int8":  # QDQ: integer kernels + float rest
-            precision = stored_precision(precision, self.metadata)
+        precision = stored_precision(precision, self.metadata)  # QDQ: integer kernels + float rest
+        if precision.startswith("int8"):
             details["model_precision"] = "int8"
         self.info = RunnerInfo("onnxruntime", precision, "cuda" if "CUDA" in provider else "cpu", threads, details)
 
