@@ -565,9 +565,11 @@ def _check_output_file(path: Path, flag: str) -> None:
 _RUNTIME_ABBREV = {"torch": "pt", "torch:channels-last": "pt:cl", "torch:bf16": "pt:bf16", "torch-compile": "pt:comp",
                    "onnxruntime": "ort", "openvino:f32": "ov:f32", "openvino:default": "ov:def",
                    "openvino:bf16": "ov:bf16", "torch-cuda:fp32": "cu:fp32", "torch-cuda:fp16": "cu:fp16",
-                   "tensorrt:fp16": "trt:fp16", "tensorrt:fp32": "trt:fp32"}
+                   "tensorrt:fp16": "trt:fp16", "tensorrt:fp32": "trt:fp32", "onnxruntime:int8": "ort:i8",
+                   "openvino:int8": "ov:i8", "executorch:xnnpack": "et", "executorch:xnnpack-int8": "et:i8"}
 _LEGEND = ("pt = PyTorch eager (cl: channels-last, bf16: autocast, comp: torch.compile/inductor), ort = ONNX "
-           "Runtime, ov = OpenVINO (def: the device's default precision), cu = PyTorch CUDA, trt = TensorRT · "
+           "Runtime, ov = OpenVINO (def: the device's default precision), et = ExecuTorch (XNNPACK), i8 = the int8 "
+           "export, cu = PyTorch CUDA, trt = TensorRT · "
            "img/s = median of runs, ± = (max-min)/median, p50 = median latency of a call (ms) · %roof = all-op GMAC/s over the measured GEMM roof of "
            "that precision · ref/s = benchmark_app / plain ORT session on the same file · ld / inf MB = RSS "
            "growth while loading / peak while running")
@@ -631,6 +633,9 @@ def _print_bench_table(report: Any) -> None:
         if row.error:
             console.print(f"[red]error[/] {row.case.model} · {row.case.runtime.label}: {escape(row.error)}",
                           highlight=False)
+        elif row.details.get("kernels"):
+            console.print(f"{row.case.model} · {row.case.runtime.label}: conv/matmul layers by type and ISA, as "
+                          f"OpenVINO reports them: {row.details['kernels']}", highlight=False)
         elif row.case.runtime.compile:
             console.print(f"{row.case.model} · {row.case.runtime.label}: compile + first call "
                           f"{row.first_call_seconds:.1f} s (not in img/s)", highlight=False)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit import pipeline, runtimes
+from edgevit.errors import EdgevitError
 from edgevit.formats import format_options
 from edgevit.images import to_tensor
 from edgevit.models import create_model, get_model_card
@@ -71,10 +72,18 @@ def export_and_judge(name: str, size: int, n: int, out: Path, formats: list[str]
             if not path.exists():
                 t = time.time()
                 opts = format_options(fmt, precision="int8") if prec == "int8" else None
-                pipeline.export(name, fmt, path, input_size=size, verify=False, format_options=opts)
+                try:
+                    pipeline.export(name, fmt, path, input_size=size, verify=False, format_options=opts)
+                except EdgevitError as exc:  # a failed export is a row of the table, not the end of the run
+                    part["error"] = f"{prec} export: {str(exc).splitlines()[0]}"
+                    break
                 part[f"{prec}_export_s"] = round(time.time() - t)
             files = [path] if path.is_file() else list(path.rglob("*"))
             part[f"{prec}_mb"] = round(sum(f.stat().st_size for f in files if f.is_file()) / 2**20, 1)
+        if "error" in part:
+            row[fmt] = part
+            print("PART", json.dumps({"model": name, "format": fmt, **part}), flush=True)
+            continue
         t = time.time()
         runner = runner_for(paths["int8"], fmt, threads=2)
         a = compare_logits(ref_logits, logits(runner, x))
@@ -91,7 +100,7 @@ def export_and_judge(name: str, size: int, n: int, out: Path, formats: list[str]
 def add_latencies(row: dict, size: int, out: Path) -> None:
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     for fmt, part in row.items():
-        if fmt not in BACKEND:
+        if fmt not in BACKEND or "error" in part:
             continue
         ms = {p: latency_ms(runner_for(out / f"{row['model']}-{size}-{fmt}-{p}{SUFFIX[fmt]}", fmt, 1), x)
               for p in ("fp32", "int8")}
@@ -107,7 +116,11 @@ def markdown(rows: list[dict]) -> str:
         for fmt in BACKEND:
             if fmt not in row:
                 continue
-            p, a = row[fmt], row[fmt]["agreement"]
+            p = row[fmt]
+            if "error" in p:
+                lines.append(f"| {row['model']} | {BACKEND[fmt]} | {p['error']} |" + " |" * 9)
+                continue
+            a = p["agreement"]
             ms = p.get("ms", {})
             lines.append(f"| {row['model']} | {BACKEND[fmt]} | {a['top1_decisive']:.1%} ({a['decisive']}) "
                          f"| {a['top1']:.1%} | {a['top5']:.1%} | {a['mean_rel_l2']:.3f} / {a['max_rel']:.3f} "

@@ -83,8 +83,9 @@ def markdown(data: dict, compare_paper: bool = False) -> str:
             continue
         pct = lambda key: _fmt(100 * r[key] if r.get(key) else None, ".1f")  # noqa: E731
         ref = r.get("reference") or {}
-        cells = [r["model"], r["runtime"], r.get("precision") or "—", size, str(r["batch"]),
-                 _fmt(r.get("images_per_s"), ".2f"), _fmt(100 * r["spread"] if r.get("spread") is not None else None,
+        kernels = (r.get("details") or {}).get("kernels")
+        cells = [r["model"], r["runtime"], (r.get("precision") or "—") + (f" ({kernels})" if kernels else ""), size,
+                 str(r["batch"]), _fmt(r.get("images_per_s"), ".2f"), _fmt(100 * r["spread"] if r.get("spread") is not None else None,
                                                           ".1f") + "%",
                  _fmt(r.get("latency_ms_p50"), ".2f"), _fmt(r.get("latency_ms_p99"), ".2f"),
                  _fmt(r.get("achieved_gmacs_per_s"), ".1f"), pct("roof_fraction"), pct("peak_fraction"),

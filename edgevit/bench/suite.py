@@ -31,6 +31,10 @@ class RuntimeSpec:
 
     The torch variants are what a PyTorch user tries before exporting: ``channels_last`` memory format,
     bf16 autocast, and ``compile`` (inductor; its compile time is reported apart from the timed runs).
+    ``precision`` is what the runner computes in (OpenVINO's inference precision, torch autocast);
+    ``artifact_precision`` what the exported file stores (int8: a quantized artifact, exported and verified
+    by the agreement gate into the cache like any other). They differ for OpenVINO int8: an int8 IR whose
+    float parts run f32.
     """
 
     label: str
@@ -40,6 +44,7 @@ class RuntimeSpec:
     artifact: str | None  # artifact format the backend runs ("onnx"), None for eager torch
     channels_last: bool = False
     compile: bool = False
+    artifact_precision: str | None = None  # the export's --precision (None: the format's default)
 
     def options(self, threads: int, streams: int | None) -> dict[str, object]:
         opts: dict[str, object] = {"threads": threads} if self.device == "cpu" else {}
@@ -67,6 +72,16 @@ _TORCH_CPU = {
     "torch-compile": RuntimeSpec("torch-compile", "torch", "cpu", None, None, compile=True),
 }
 
+# int8 artifacts beside the float columns (`--runtimes onnxruntime,onnxruntime:int8`, or `int8` for all three)
+_INT8_CPU = {
+    "onnxruntime:int8": RuntimeSpec("onnxruntime:int8", "onnxruntime", "cpu", None, "onnx", artifact_precision="int8"),
+    "openvino:int8": RuntimeSpec("openvino:int8", "openvino", "cpu", "f32", "openvino", artifact_precision="int8"),
+    "executorch:int8": RuntimeSpec("executorch:xnnpack-int8", "executorch", "cpu", None, "executorch",
+                                   artifact_precision="int8"),
+}
+_TENSORRT = {p: RuntimeSpec(f"tensorrt:{p}", "tensorrt", "cuda", p, "tensorrt", artifact_precision=p)
+             for p in ("fp16", "fp32")}
+
 # name -> specs it expands to; OpenVINO is benchmarked both in f32 and in the precision the device picks by
 # default (bf16 on AVX512-BF16/AMX CPUs), each labelled, because the default silently changes the numerics.
 _RUNTIME_ALIASES: dict[str, dict[str, list[RuntimeSpec]]] = {
@@ -80,15 +95,17 @@ _RUNTIME_ALIASES: dict[str, dict[str, list[RuntimeSpec]]] = {
         "openvino:default": [RuntimeSpec("openvino:default", "openvino", "cpu", None, "onnx")],
         "executorch": [RuntimeSpec("executorch:xnnpack", "executorch", "cpu", None, "executorch")],
         "ort": [RuntimeSpec("onnxruntime:ort", "ort", "cpu", None, "ort")],
+        **{k: [v] for k, v in _INT8_CPU.items()},
+        "int8": list(_INT8_CPU.values()),
     },
     "cuda": {
         "torch": [RuntimeSpec("torch-cuda:fp32", "torch", "cuda", "fp32", None),
                   RuntimeSpec("torch-cuda:fp16", "torch", "cuda", "fp16", None)],
         "torch:fp32": [RuntimeSpec("torch-cuda:fp32", "torch", "cuda", "fp32", None)],
         "torch:fp16": [RuntimeSpec("torch-cuda:fp16", "torch", "cuda", "fp16", None)],
-        "tensorrt": [RuntimeSpec("tensorrt:fp16", "tensorrt", "cuda", "fp16", "tensorrt")],
-        "tensorrt:fp32": [RuntimeSpec("tensorrt:fp32", "tensorrt", "cuda", "fp32", "tensorrt")],
-        "tensorrt:fp16": [RuntimeSpec("tensorrt:fp16", "tensorrt", "cuda", "fp16", "tensorrt")],
+        "tensorrt": [_TENSORRT["fp16"]],
+        "tensorrt:fp32": [_TENSORRT["fp32"]],
+        "tensorrt:fp16": [_TENSORRT["fp16"]],
     },
 }
 
@@ -165,7 +182,8 @@ class BenchRow:
         c = self.case
         out: dict[str, object] = {
             "model": c.model, "runtime": c.runtime.label, "backend": c.runtime.backend, "device": c.runtime.device,
-            "requested_precision": c.runtime.precision, "precision": self.precision, "scenario": c.scenario,
+            "requested_precision": c.runtime.precision, "artifact_precision": c.runtime.artifact_precision,
+            "precision": self.precision, "scenario": c.scenario,
             "input_size": list(c.input_size), "batch": c.batch, "threads": c.threads, "streams": c.streams,
             "params_m": self.params_m, "gmacs_per_image": self.gmacs, "macs_convention": EFFICIENCY_MACS,
             "gmacs_per_image_paper": self.gmacs_paper, "paper_macs_convention": self.paper_macs_convention,
@@ -206,10 +224,10 @@ def artifact_for(case: BenchCase) -> Path | None:
         return None
     if case.artifact:
         return Path(case.artifact)
-    if spec.artifact == "onnx":
+    if spec.artifact == "onnx" and spec.artifact_precision is None:
         return pipeline.cached_onnx(case.model, case.input_size, case.batch)
     return pipeline.cached_artifact(case.model, spec.artifact or "", case.input_size, case.batch,
-                                    precision=spec.precision)
+                                    precision=spec.artifact_precision)
 
 
 def make_runner(case: BenchCase, artifact: Path | None = None) -> runtimes.Runner:

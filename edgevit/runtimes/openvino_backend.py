@@ -9,7 +9,7 @@ the report says so).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..artifact import ArtifactMetadata, read_manifest
 from ..errors import ArtifactError, EdgevitError
-from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times
+from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, stored_precision
 
 # edgevit's precision names (fp32/fp16/bf16, as everywhere in edgevit) and OpenVINO's own spellings (aliases)
 # -> OpenVINO's INFERENCE_PRECISION_HINT values
@@ -65,13 +65,12 @@ class OpenVinoRunner(Runner):
         self.outputs = [_spec(p) for p in self.compiled.outputs]
         self.metadata = self._metadata(model)
         used = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        label = _LABELS.get(used, used)
+        label = stored_precision(_LABELS.get(used, used), self.metadata)
         stored = self.metadata.extra.get("precision") if self.metadata else None
-        if stored == "int8":  # quantized ops run int8, the rest at the inference precision
-            label = f"int8+{label}"
         details = {"openvino": ov.get_version(), "inference_precision": used, "requested_precision": precision,
                    "streams": str(self.compiled.get_property("NUM_STREAMS")),
-                   "device_name": core.get_property(device, "FULL_DEVICE_NAME")}
+                   "device_name": core.get_property(device, "FULL_DEVICE_NAME"),
+                   "kernels": kernel_summary(_compute_layers(self.compiled))}
         if stored:
             details["ir_precision"] = stored
         self.info = RunnerInfo("openvino", label, device.lower(),
@@ -104,6 +103,40 @@ class OpenVinoRunner(Runner):
         results = self.request.infer(feeds)
         # results alias the request's buffers: copy before the next call overwrites them
         return {spec.name: np.array(results[port]) for spec, port in zip(self.outputs, self.compiled.outputs)}
+
+
+# Layer types whose implementation sets the speed (the GEMM-like work), as OpenVINO's runtime model names them
+_COMPUTE_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"})
+# ISA tokens of OpenVINO CPU primitive names ("brgemm_avx512_amx_I8", "jit_avx512_I8", "gemm_acl"), best first
+_ISA_TOKENS = ("amx", "avx512", "avx2", "avx", "sse42", "sse41", "acl", "ref")
+_DTYPES = {"u8": "int8", "i8": "int8", "f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+def _compute_layers(compiled: Any) -> list[tuple[str, str, str]]:
+    """(layer type, primitive, runtime precision) of every compiled layer, from the runtime model's rt_info."""
+    rows = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if "layerType" in rt and "primitiveType" in rt and "runtimePrecision" in rt:
+            rows.append((rt["layerType"].astype(str), rt["primitiveType"].astype(str),
+                         rt["runtimePrecision"].astype(str)))
+    return rows
+
+
+def kernel_summary(layers: Iterable[tuple[str, str, str]]) -> str:
+    """What did the GEMM-like work, as OpenVINO itself reports it: its conv/matmul layers counted by the data
+    type they ran in and the ISA in the name of the primitive it chose, e.g. "int8 amx 79, fp32 avx512 18".
+    Why: an int8 or bf16 label says what was asked; this says whether AMX, AVX-512 (VNNI-class on such CPUs)
+    or a reference kernel ran it. Empty when the runtime model reports no such layer."""
+    counts: dict[str, int] = {}
+    for layer, primitive, precision in layers:
+        if layer not in _COMPUTE_LAYERS:
+            continue
+        name = primitive.lower()
+        isa = next((t for t in _ISA_TOKENS if t in name.split("_")), name or "unknown")
+        key = f"{_DTYPES.get(precision.lower(), precision.lower())} {isa}"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _read_model(core: Any, path: Path) -> tuple[Any, dict[str, Any] | None]:

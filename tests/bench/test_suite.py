@@ -88,6 +88,37 @@ def test_runtime_aliases_and_validation() -> None:
     assert default_batch("throughput", "cuda", (1024, 1024)) == 12
 
 
+def test_int8_columns_name_the_artifact_precision_apart_from_the_compute_precision(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgevit import pipeline
+    from edgevit.bench import suite
+
+    specs = parse_runtimes(["int8"], "cpu")
+    assert [s.label for s in specs] == ["onnxruntime:int8", "openvino:int8", "executorch:xnnpack-int8"]
+    assert {s.artifact_precision for s in specs} == {"int8"}
+    assert specs[1].artifact == "openvino" and specs[1].options(1, None)["precision"] == "f32"  # float parts f32
+    asked: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(pipeline, "cached_artifact",
+                        lambda model, fmt, size, batch, precision=None: asked.append((fmt, precision)) or Path("x"))
+    monkeypatch.setattr(pipeline, "cached_onnx", lambda *a: asked.append(("onnx", None)) or Path("x"))
+    for spec in specs + parse_runtimes(["onnxruntime", "openvino:f32"], "cpu"):
+        suite.artifact_for(suite.BenchCase("s2aformer-mini", spec, "latency", (64, 64), 1, 1))
+    # the int8 columns export int8; the float ones the plain ONNX file, whatever OpenVINO computes in
+    assert asked == [("onnx", "int8"), ("openvino", "int8"), ("executorch", "int8"), ("onnx", None), ("onnx", None)]
+
+
+def test_an_int8_row_runs_the_gated_int8_export_against_the_int8_roof() -> None:
+    rep = bench.run(["s2aformer-mini"], ["onnxruntime:int8"], scenario="latency", resolutions=["64"], threads=1,
+                    policy=FAST, roof_seconds=0.05)
+    (row,) = rep.to_dict()["results"]
+    assert row["error"] is None, row["error"]
+    assert row["precision"] == "int8+fp32" and row["artifact_precision"] == "int8"
+    assert row["details"]["artifact"].endswith("int8.onnx") and row["images_per_s"] > 0
+    # compared with the int8 GEMM probe where the CPU has an int8 dot-product unit, else with fp32's
+    assert row["roof_precision"] == "int8"
+    assert row["roof_gmacs_per_s"] == rep.environment["roof"].get("int8", {}).get("gmacs_per_s")
+
+
 def test_cuda_is_refused_cleanly_without_gpu() -> None:
     import torch
 

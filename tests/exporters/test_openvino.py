@@ -156,6 +156,7 @@ def test_int8_with_calibration_images(tmp_path: Path) -> None:
             assert all(i.get_source_output().get_node().get_type_name() != "FakeQuantize" for i in op.inputs())
     runner = runtimes.load(report.path)
     assert runner.info.precision == "int8+fp32" and runner.info.details["ir_precision"] == "int8"
+    assert "int8 " in runner.info.details["kernels"]  # OpenVINO's runtime model ran integer conv/matmul kernels
     # an int8 artifact is verified by top-1 agreement with fp32 on the evaluation set, not an elementwise bound
     agreement = pipeline.verify(None, report.path, eval_images=24)
     assert isinstance(agreement, AgreementReport) and agreement.images == 24 and agreement.threshold == TOP1_THRESHOLD

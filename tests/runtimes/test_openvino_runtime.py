@@ -140,3 +140,21 @@ def test_benchmark_cache_builds_an_ir_once(monkeypatch: pytest.MonkeyPatch) -> N
     assert pipeline.cached_artifact(MODEL, "openvino", (64, 64), 1) == path
     runner = runtimes.load(path, "openvino", threads=1, precision="bf16")
     assert runner.info.precision in ("bf16", "fp32") and runner.info.threads == 1
+
+
+def test_kernel_summary_counts_compute_layers_by_dtype_and_isa() -> None:
+    from edgevit.runtimes.openvino_backend import kernel_summary
+
+    layers = [("FullyConnected", "brgemm_avx512_amx_I8", "u8"), ("Convolution", "brgconv_avx512_amx_1x1_i8", "i8"),
+              ("Convolution", "jit_avx512_I8", "u8"), ("Convolution", "brgconv_avx512_dw_f32", "f32"),
+              ("MatMul", "gemm_mlas_f32", "f32"), ("Softmax", "jit_avx512_FP32", "f32"), ("Eltwise", "ref", "f32")]
+    # element-wise layers are not counted; an ISA-less primitive keeps its own name
+    assert kernel_summary(layers) == "int8 amx 2, int8 avx512 1, fp32 avx512 1, fp32 gemm_mlas_f32 1"
+    assert kernel_summary([]) == ""
+
+
+def test_runner_reports_the_kernels_of_its_compiled_model(onnx_path: Path) -> None:
+    runner = runtimes.load(onnx_path, "openvino", threads=1, precision="fp32")
+    # an f32 model on any CPU: every conv/matmul layer runs fp32, and the summary says so
+    kernels = runner.info.details["kernels"]
+    assert kernels and all(part.startswith("fp32 ") for part in kernels.split(", ")), kernels
