@@ -422,7 +422,8 @@ def bench(
     models: Annotated[str, typer.Option(help="Comma-separated model names.")] = "s2aformer-t",
     runtimes: Annotated[str, typer.Option(help="Comma-separated: torch, torch:channels-last, torch:bf16, "
                                                "torch-compile, onnxruntime, openvino[:f32|:bf16|:default], executorch (.pte, "
-                                               "XNNPACK), ort (ONNX Runtime's .ort format) on cpu; "
+                                               "XNNPACK), ort (ONNX Runtime's .ort format), onnxruntime:int8, openvino:int8, "
+                                               "executorch:int8 (the verified int8 exports; int8: all three) on cpu; "
                                                "torch[:fp32|:fp16], tensorrt[:fp16|:fp32] on cuda (default: "
                                                "torch,onnxruntime on cpu; torch,tensorrt on cuda; with --artifact "
                                                "the runtime of that file).")] = None,
