@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import BackendUnavailableError
 from ..models.int8_rules import KeepFloat
 from .float_rules import OUTPUT_REASON, GraphView, kept_in_float
+from .fx_bn_fold import fold_batch_norms
 
 # ONNX op type (the rules' vocabulary) -> the ATen ops torch.export writes for it.
 ATEN_ALIASES: dict[str, frozenset[str]] = {
@@ -139,6 +140,7 @@ def quantize_xnnpack(model: nn.Module, samples: Sequence[np.ndarray],
     example = (torch.from_numpy(samples[0]),)
     with torch.no_grad():
         graph = torch.export.export(model.eval(), example).module()
+        fold_batch_norms(graph)  # before prepare_pt2e, whose own conv-BN fold drops BN chains (see fx_bn_fold)
         prepared: Any = prepare_pt2e(graph, quantizer)
         for batch in samples:
             prepared(torch.from_numpy(batch))
