@@ -256,3 +256,21 @@ def test_dynamic_batch_features_only(tmp_path: Path) -> None:
     runner = runtimes.load(report.path)
     ys = runner.run(np.zeros((3, 3, 64, 96), np.float32))
     assert [y.shape for y in ys.values()] == [(3, 32, 16, 24), (3, 64, 8, 12), (3, 128, 4, 6), (3, 256, 2, 3)]
+
+
+@needs_nncf
+def test_int8_activation_ranges_cover_the_whole_calibration_set() -> None:
+    """One calibration image with 10x the others' range sets the input's int8 range (global min/max, as the
+    ONNX path); NNCF's default averages per-image ranges and would clip it to ~1.3x."""
+    x = ops.parameter([1, 4, 8, 8], np.float32, name="x")
+    weights = np.random.default_rng(0).standard_normal((4, 4, 1, 1)).astype(np.float32)
+    conv = ops.convolution(x, ops.constant(weights), [1, 1], [0, 0], [0, 0], [1, 1])
+    model = ov.Model([ops.relu(conv)], [x], "one_conv")
+    rng = np.random.default_rng(1)
+    samples = [rng.uniform(-1, 1, (1, 4, 8, 8)).astype(np.float32) for _ in range(30)]
+    samples[7] *= 10
+    quantized, _ = ovx.quantize_int8(model, samples, rules=())
+    fq = next(op for op in quantized.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+              and op.input_value(0).get_node().get_type_name() == "Parameter")
+    high = float(fq.input_value(2).get_node().get_data().max())
+    assert high == pytest.approx(float(max(s.max() for s in samples)), rel=0.02)
