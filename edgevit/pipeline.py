@@ -362,11 +362,6 @@ def default_rtol(meta: ArtifactMetadata | None) -> float:
     return fmt.tolerance[precision] if fmt is not None and precision in fmt.tolerance else FP32_RTOL
 
 
-def cached_onnx(name: str, input_size: tuple[int, int], batch: int) -> Path:
-    """A verified ONNX artifact for (model, size, batch) in the benchmark cache (see :func:`cached_artifact`)."""
-    return cached_artifact(name, "onnx", input_size, batch)
-
-
 def cached_artifact(name: str, fmt: str, input_size: tuple[int, int], batch: int,
                     precision: str | None = None) -> Path:
     """A benchmark artifact of format ``fmt`` (at ``precision``; default: the format's), exported and

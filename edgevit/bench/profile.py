@@ -104,7 +104,7 @@ def profile(model: str | None, runtime: str = "onnxruntime", *, input_size: int 
             raise EdgevitError("name a model to profile, or pass --artifact")
         name = pipeline.resolve_name(model)
         size = tuple(pipeline.parse_input_size(input_size, pipeline.get_model_card(name)))
-        path = pipeline.cached_onnx(name, size, batch)
+        path = pipeline.cached_artifact(name, "onnx", size, batch)
         runner = runtimes.load(path, spec.backend, profile=True, **opts)
     x = seeded_inputs(batch, size)
     for _ in range(warmup):

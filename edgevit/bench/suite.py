@@ -224,8 +224,6 @@ def artifact_for(case: BenchCase) -> Path | None:
         return None
     if case.artifact:
         return Path(case.artifact)
-    if spec.artifact == "onnx" and spec.artifact_precision is None:
-        return pipeline.cached_onnx(case.model, case.input_size, case.batch)
     return pipeline.cached_artifact(case.model, spec.artifact or "", case.input_size, case.batch,
                                     precision=spec.artifact_precision)
 

@@ -80,7 +80,7 @@ def test_openvino_profile_names_the_f32_kernels_that_ran() -> None:
 def test_profile_refuses_runtimes_without_counters_and_unprofiled_runners() -> None:
     with pytest.raises(EdgevitError, match="per-op profiles come from onnxruntime and openvino"):
         profile(MODEL, "torch", input_size=SIZE)
-    path = pipeline.cached_onnx(MODEL, SIZE, 1)
+    path = pipeline.cached_artifact(MODEL, "onnx", SIZE, 1)
     with pytest.raises(EdgevitError, match="profile=True"):
         runtimes.load(path, "onnxruntime").op_profile(seeded_inputs(1, SIZE), 1)
     with pytest.raises(EdgevitError, match="no per-op profile"):

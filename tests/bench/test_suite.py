@@ -100,7 +100,6 @@ def test_int8_columns_name_the_artifact_precision_apart_from_the_compute_precisi
     asked: list[tuple[str, str | None]] = []
     monkeypatch.setattr(pipeline, "cached_artifact",
                         lambda model, fmt, size, batch, precision=None: asked.append((fmt, precision)) or Path("x"))
-    monkeypatch.setattr(pipeline, "cached_onnx", lambda *a: asked.append(("onnx", None)) or Path("x"))
     for spec in specs + parse_runtimes(["onnxruntime", "openvino:f32"], "cpu"):
         suite.artifact_for(suite.BenchCase("s2aformer-mini", spec, "latency", (64, 64), 1, 1))
     # the int8 columns export int8; the float ones the plain ONNX file, whatever OpenVINO computes in
@@ -223,14 +222,14 @@ def test_export_happens_outside_the_measured_window(monkeypatch: pytest.MonkeyPa
             sampling[0] -= 1
             return super().__exit__(*exc)
 
-    real = pipeline.cached_onnx
+    real = pipeline.cached_artifact
 
-    def spy_cached_onnx(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def spy_cached_artifact(*args, **kwargs):  # type: ignore[no-untyped-def]
         active.append(sampling[0] > 0)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(suite, "PeakRssSampler", Spy)
-    monkeypatch.setattr(pipeline, "cached_onnx", spy_cached_onnx)
+    monkeypatch.setattr(pipeline, "cached_artifact", spy_cached_artifact)
     bench.run(["s2aformer-mini"], ["onnxruntime"], resolutions=["64"], batches=[1], threads=1, policy=FAST,
               roof_seconds=0)
     assert active == [False]
