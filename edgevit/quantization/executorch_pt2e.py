@@ -14,7 +14,7 @@ partitioner -> ``to_executorch``) is the ExecuTorch format row's job. Needs ``ex
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import BackendUnavailableError
 from ..models.int8_rules import KeepFloat
-from .float_rules import OUTPUT_REASON, QUANTIZABLE, GraphView, kept_in_float
+from .float_rules import OUTPUT_REASON, GraphView, kept_in_float
 from .fx_bn_fold import fold_batch_norms
 
 # ONNX op type (the rules' vocabulary) -> the ATen ops torch.export writes for it.
@@ -74,32 +74,6 @@ def fx_graph_view(graph: torch.fx.Graph) -> GraphView[torch.fx.Node]:
                      aliases=ATEN_ALIASES)
 
 
-# The ATen ops the int8 recipe quantizes: the same set as the ONNX and OpenVINO paths (float_rules.QUANTIZABLE).
-QUANTIZED_ATEN = frozenset().union(*(ATEN_ALIASES[op] for op in QUANTIZABLE))
-
-
-def _drop_arithmetic_outside_the_recipe(graph: torch.fx.Graph) -> None:
-    """Unannotate every op outside :data:`QUANTIZED_ATEN` that computes values (add, mul, mean, gelu ...).
-
-    Why: XNNPACK's quantizer also puts int8 ranges on elementwise arithmetic and reductions; PartialFormer
-    computes its foreground token count as ``floor(mean(score) * N)``, and an int8 ``mul`` (one step = N/255
-    tokens) rounds that count to another value, which reselects every token (measured: relative error 1.0 in the
-    selection mask, 0.63 in the logits at 64x64). The ONNX path quantizes only Conv/MatMul/Gemm; this makes the
-    ExecuTorch path do the same. Kept: layout ops (permute, reshape, slice, cat, max-pool), whose output shares
-    an input's range, and activations fused into the conv before them (relu: no input of its own to quantize).
-    """
-    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
-
-    for node in graph.nodes:
-        ann = node.meta.get("quantization_annotation")
-        if ann is None or node.op != "call_function" or _aten_name(node) in QUANTIZED_ATEN:
-            continue
-        layout = ann.output_qspec is None or isinstance(ann.output_qspec, SharedQuantizationSpec)
-        fused_activation = not ann.input_qspec_map
-        if not (layout or fused_activation):
-            node.meta.pop("quantization_annotation")
-
-
 def _drop_orphaned_sharing(graph: torch.fx.Graph) -> None:
     """Unannotate every node whose quantization spec shares its parameters with a node left unannotated.
 
@@ -147,7 +121,7 @@ def quantize_xnnpack(model: nn.Module, samples: Sequence[np.ndarray],
     class RuleAwareQuantizer(XNNPACKQuantizer):  # type: ignore[misc]
         """XNNPACK's annotations, minus those on the nodes the family keeps in float."""
 
-        kept: ClassVar[dict[str, str]] = {}
+        kept: dict[str, str] = {}
 
         def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             gm = super().annotate(gm)
@@ -159,7 +133,6 @@ def quantize_xnnpack(model: nn.Module, samples: Sequence[np.ndarray],
                     RuleAwareQuantizer.kept.setdefault(node.name, OUTPUT_REASON)
                 if node.name in RuleAwareQuantizer.kept:
                     node.meta.pop("quantization_annotation", None)
-            _drop_arithmetic_outside_the_recipe(gm.graph)
             _drop_orphaned_sharing(gm.graph)
             return gm
 

@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from edgevit.images import to_tensor
 from edgevit.models import create_model, get_model_card
 from edgevit.models.int8_rules import keep_float_rules
 from edgevit.quantization.accuracy import compare_logits, evaluation_images
 from edgevit.quantization.calibration import CalibrationSource
+from edgevit.images import to_tensor
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,
                                 reason="ExecuTorch int8 needs executorch (pip install executorch)")
 
 
-# Families whose int8 is known not to agree, with why (empty: partialformer-b0's 0.63 logit error at 64x64 was
-# XNNPACK's int8 `mul` rounding its token count, fixed by quantizing only Conv/MatMul/Gemm).
-KNOWN_INACCURATE: dict[str, str] = {}
+# Measured, cause not found yet (issue 15): partialformer-b0 in PT2E/XNNPACK int8 at 64x64 (4 calibration
+# images) agrees with fp32 on 18.8 % of 16 images, logit error 0.63 relative, with the rules holding.
+KNOWN_INACCURATE = {"partialformer-b0": "PT2E/XNNPACK int8 logit error 0.63 relative at 64x64 (session 6)"}
 
 
 # PartialFormer's TopK-score rule must hold in the PT2E graph too: its FX graph has `to`/`contiguous` nodes the
@@ -58,33 +58,3 @@ def test_pt2e_xnnpack_keeps_the_rules_and_agrees(name: str) -> None:
         assert not report.passed, f"{name} now agrees: remove it from KNOWN_INACCURATE"
     else:
         assert report.passed
-
-
-class TokenCount(torch.nn.Module):
-    """PartialFormer's hazard in small: a count computed by arithmetic (floor(mean * N)) beside a conv."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.head = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        count = torch.floor(y.mean(dim=(1, 2, 3), keepdim=True) * 100.0)
-        return self.head(y + count)
-
-
-def test_only_conv_matmul_and_gemm_get_int8_ranges() -> None:
-    """The arithmetic computing the count stays float (XNNPACK's quantizer alone puts an int8 range on the
-    ``mul`` and the ``add``); the convolutions are still int8."""
-    from edgevit.quantization.executorch_pt2e import quantize_xnnpack
-
-    torch.manual_seed(0)
-    samples = [torch.randn(1, 3, 8, 8).numpy() for _ in range(4)]
-    quantized, _ = quantize_xnnpack(TokenCount().eval(), samples, rules=())
-    nodes = list(quantized.graph.nodes)
-    assert any("dequantize_per_channel" in str(n.target) for n in nodes)  # int8 conv weights
-    arithmetic = [n for n in nodes if str(n.target).startswith(("aten.mul", "aten.add", "aten.floor"))]
-    assert len(arithmetic) == 3
-    for node in arithmetic:
-        assert not any("quantize_per_tensor" in str(u.target) for u in node.users
-                       if u.target is not node), f"{node.name} output rounded to int8"
