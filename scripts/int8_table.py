@@ -85,8 +85,13 @@ def export_and_judge(name: str, size: int, n: int, out: Path, formats: list[str]
             print("PART", json.dumps({"model": name, "format": fmt, **part}), flush=True)
             continue
         t = time.time()
-        runner = runner_for(paths["int8"], fmt, threads=2)
-        a = compare_logits(ref_logits, logits(runner, x))
+        try:
+            runner = runner_for(paths["int8"], fmt, threads=2)
+            a = compare_logits(ref_logits, logits(runner, x))
+        except Exception as exc:  # an int8 program that fails to run is a row too (e.g. an XNNPACK runtime error)
+            row[fmt] = {**part, "error": f"int8 run: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"}
+            print("PART", json.dumps({"model": name, "format": fmt, **row[fmt]}), flush=True)
+            continue
         part["agreement"] = {"top1_decisive": round(a.top1_decisive, 4), "decisive": a.decisive,
                              "top1": round(a.top1, 4), "top5": round(a.top5, 4), "max_rel": round(a.max_rel, 4),
                              "mean_rel_l2": round(a.mean_rel_l2, 4), "passed": a.passed,
