@@ -48,6 +48,7 @@ PREPROCESS_U8 = "uint8-nhwc-rgb"  # value of the ``preprocess`` metadata key whe
 # edgevit.models.int8_rules) apply to an IR converted from that ONNX graph.
 OV_ALIASES: dict[str, frozenset[str]] = {
     "Conv": frozenset({"Convolution", "GroupConvolution"}),
+    "GroupConv": frozenset({"GroupConvolution"}),
     "ConvTranspose": frozenset({"ConvolutionBackpropData", "GroupConvolutionBackpropData"}),
     "Gemm": frozenset({"MatMul"}),
     "Softmax": frozenset({"SoftMax", "Softmax"}),

@@ -4,7 +4,8 @@ The rule lives with the models, not in an exporter, because *why* an op must sta
 about the architecture (a score that ranks tokens, coordinates that pick pixels, a decay that spans
 orders of magnitude), the same whichever format is quantized. Exporters interpret it on their own
 graph (ONNX node names for ONNX Runtime's quantizer, OpenVINO op names for NNCF); ``edgevit info``
-shows it. Op types are ONNX's names; an exporter maps them to its own graph's names.
+shows it. Op types are ONNX's names, plus ``GroupConv`` (a Conv with ``group > 1``; ``Conv`` still means every
+convolution); an exporter maps them to its own graph's names.
 
 Three kinds of rule:
 
@@ -64,6 +65,12 @@ FAMILY_RULES: dict[str, tuple[KeepFloat, ...]] = {
                   "of magnitude; an int8 range keeps only the largest terms", hops=3),
     ),
     "DualFormer": COMMON + (
+        KeepFloat("op", ("GroupConv",), "depth-wise convolutions (patch embedding, CPE, MBConv, MHPA downsample): "
+                  "each output channel reads one input channel, so a channel small next to the tensor's one 8-bit "
+                  "range keeps few levels and no sum over channels averages that error; few MACs, little to gain"),
+        KeepFloat("consumers", ("GroupConv",), "convolutions reading a depth-wise conv directly, with no norm or "
+                  "activation between (patch embedding DW -> PW, MHPA downsample -> value): the heavy-tailed "
+                  "depth-wise output spans +-60 on the residual stream", hops=1),
         KeepFloat("producers", ("GreaterOrEqual",), "the LSH hash: the sign of x.beta picks a token's group, "
                   "and int8 noise flips tokens near a hyperplane into another group"),
         KeepFloat("consumers", ("Exp",), "unnormalised exp weights of the partition pooling span orders of "

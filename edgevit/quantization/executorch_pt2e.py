@@ -22,12 +22,13 @@ from torch import nn
 
 from ..errors import BackendUnavailableError
 from ..models.int8_rules import KeepFloat
-from .float_rules import OUTPUT_REASON, GraphView, kept_in_float
+from .float_rules import GROUP_CONV, OUTPUT_REASON, GraphView, kept_in_float
 from .fx_bn_fold import fold_batch_norms
 
 # ONNX op type (the rules' vocabulary) -> the ATen ops torch.export writes for it.
 ATEN_ALIASES: dict[str, frozenset[str]] = {
-    "Conv": frozenset({"conv2d", "convolution"}),
+    "Conv": frozenset({"conv2d", "convolution", "group_conv2d"}),
+    GROUP_CONV: frozenset({"group_conv2d"}),
     "ConvTranspose": frozenset({"conv_transpose2d"}),
     "MatMul": frozenset({"matmul", "bmm", "mm", "linear"}),
     "Gemm": frozenset({"linear", "addmm"}),
@@ -70,8 +71,21 @@ def fx_graph_view(graph: torch.fx.Graph) -> GraphView[torch.fx.Node]:
     def inputs(node: torch.fx.Node) -> list[torch.fx.Node | None]:
         return [producer(a) for a in node.all_input_nodes]
 
-    return GraphView(nodes=list(graph.nodes), kind=_aten_name, name=lambda n: n.name, inputs=inputs,
+    return GraphView(nodes=list(graph.nodes), kind=_rule_kind, name=lambda n: n.name, inputs=inputs,
                      aliases=ATEN_ALIASES)
+
+
+# where ``groups`` sits in the positional arguments of each ATen convolution
+_GROUPS_ARG = {"conv2d": 6, "convolution": 8}
+
+
+def _rule_kind(node: torch.fx.Node) -> str:
+    """The ATen name, with a convolution of ``groups > 1`` named ``group_conv2d`` (the rules' GroupConv)."""
+    kind = _aten_name(node)
+    index = _GROUPS_ARG.get(kind)
+    if index is not None and len(node.args) > index and isinstance(node.args[index], int) and node.args[index] > 1:
+        return "group_conv2d"
+    return kind
 
 
 def _drop_orphaned_sharing(graph: torch.fx.Graph) -> None:

@@ -20,6 +20,10 @@ N = TypeVar("N")
 # What the quantizers turn into integer kernels, in ONNX names: every other op already runs in float.
 QUANTIZABLE = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 
+# The rules' one name that is not an ONNX op type: a Conv with ``group > 1`` (depth-wise or grouped), which
+# each view tells apart from a dense Conv; "Conv" in a rule or in QUANTIZABLE still means both.
+GROUP_CONV = "GroupConv"
+
 OUTPUT_REASON = "produces a graph output (logits stay float)"  # why every format keeps the logits float
 
 

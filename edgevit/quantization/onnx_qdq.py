@@ -30,14 +30,22 @@ from ..artifact import ArtifactMetadata
 from ..errors import BackendUnavailableError
 from ..models.int8_rules import KeepFloat, keep_float_rules
 from .calibration import CalibrationSource, int8_metadata
-from .float_rules import OUTPUT_REASON, QUANTIZABLE, GraphView, kept_in_float
+from .float_rules import GROUP_CONV, OUTPUT_REASON, QUANTIZABLE, GraphView, kept_in_float
 
 
 def onnx_graph_view(model: onnx.ModelProto) -> GraphView[onnx.NodeProto]:
     """The rules' view of an ONNX graph (nodes must be named; :func:`name_nodes` sees to it)."""
     producer = {out: node for node in model.graph.node for out in node.output}
-    return GraphView(nodes=list(model.graph.node), kind=lambda n: n.op_type, name=lambda n: n.name,
-                     inputs=lambda n: [producer.get(i) for i in n.input], aliases={})
+    return GraphView(nodes=list(model.graph.node), kind=_onnx_kind, name=lambda n: n.name,
+                     inputs=lambda n: [producer.get(i) for i in n.input],
+                     aliases={"Conv": frozenset({"Conv", GROUP_CONV})})
+
+
+def _onnx_kind(node: onnx.NodeProto) -> str:
+    """The op type, with a Conv of ``group > 1`` told apart as the rules' ``GroupConv``."""
+    if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute):
+        return GROUP_CONV
+    return node.op_type
 
 
 def name_nodes(model: onnx.ModelProto) -> None:

@@ -89,3 +89,38 @@ def test_info_shows_the_rules() -> None:
     rules = json.loads(res.output)["int8_keep_float"]
     assert {"kind": "producers", "op_types": ["GridSample"], "input": 1}.items() <= next(
         r for r in rules if r["kind"] == "producers").items()
+
+
+def test_group_conv_rules_tell_depthwise_from_dense_convolutions() -> None:
+    """DualFormer's rule: depth-wise convs, and the convs reading one directly, stay float; dense convs and a
+    conv behind an activation are quantized. ``Conv`` still names both kinds (the output's producer rule)."""
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w_dw"], ["dw"], group=2, name="depthwise"),
+        n("Conv", ["dw", "w_pw"], ["pw"], name="pointwise_after_dw"),
+        n("Relu", ["dw"], ["act"], name="relu"),
+        n("Conv", ["act", "w_pw"], ["pw2"], group=1, name="pointwise_after_act"),
+        n("Conv", ["pw2", "w_pw"], ["out"], name="dense_after_dense"),
+    ]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", f, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("pw", f, None), helper.make_tensor_value_info("out", f, None)])
+    rules = (KeepFloat("op", ("GroupConv",), "dw"), KeepFloat("consumers", ("GroupConv",), "after dw", hops=1))
+    keep = float_nodes(helper.make_model(graph), rules)
+    assert keep == {"depthwise": "GroupConv: dw", "pointwise_after_dw": "ops reading GroupConv: after dw",
+                    "dense_after_dense": OUTPUT_REASON}
+
+
+def test_fx_view_names_grouped_convolutions_like_onnx() -> None:
+    """The ExecuTorch path reads the same rule off torch.export's graph (``groups`` is an ATen argument)."""
+    torch = pytest.importorskip("torch")
+    from edgevit.quantization.executorch_pt2e import fx_graph_view
+    from edgevit.quantization.float_rules import kept_in_float
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1, groups=4), torch.nn.Conv2d(4, 8, 1),
+                              torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1))
+    graph = torch.export.export(net.eval(), (torch.zeros(1, 4, 8, 8),)).graph
+    rules = (KeepFloat("op", ("GroupConv",), "dw"), KeepFloat("consumers", ("GroupConv",), "after dw", hops=1))
+    keep = kept_in_float(fx_graph_view(graph), rules)
+    convs = [node.name for node in graph.nodes if node.op == "call_function" and "conv" in str(node.target)]
+    assert keep == {convs[0]: "GroupConv: dw", convs[1]: "ops reading GroupConv: after dw"}
