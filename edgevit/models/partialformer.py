@@ -176,11 +176,13 @@ class PartialAttention(nn.Module):
     def sqa(self, z_token: Tensor, qkv: Tensor, fg_mask: Tensor) -> Tensor:
         """Single-query attention of the abstract token over the background keys (B, 1, d).
 
-        The query is W_Q applied to the abstract token's MMSA output (A8); only the W_Q rows of the
-        shared qkv weight are used, so K and V are not computed for a row that would be discarded.
+        The query is W_Q applied to the abstract token's MMSA output (A8), through the whole shared qkv
+        layer: slicing its weight to the W_Q rows would save two d x d products for one row, but a sliced
+        weight is a computed tensor, which XNNPACK cannot take as an int8 static weight (its per-channel
+        dequantize stays outside the delegate and the int8 program does not lower).
         """
         d = self.dim
-        q = self._split_heads(F.linear(z_token, self.qkv.weight[:d], self.qkv.bias[:d]))  # (B, h, 1, dh)
+        q = self._split_heads(self.qkv(z_token)[..., :d])  # (B, h, 1, dh)
         k = self._split_heads(qkv[..., d:2 * d])
         v = self._split_heads(qkv[..., 2 * d:])
         bias = (fg_mask.to(q.dtype) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, N)

@@ -139,7 +139,7 @@ def quantize_xnnpack(model: nn.Module, samples: Sequence[np.ndarray],
 
         def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             gm = super().annotate(gm)
-            RuleAwareQuantizer.kept = kept_in_float(fx_graph_view(gm.graph), rules)
+            RuleAwareQuantizer.kept = kept_in_float(fx_graph_view(gm.graph), rules, with_paths=True)
             outputs = {a.name for n in gm.graph.nodes if n.op == "output"
                        for a in n.all_input_nodes}  # the logits' producer stays float, as in ONNX
             for node in gm.graph.nodes:

@@ -43,8 +43,14 @@ class GraphView(Generic[N]):
         return {t for o in onnx_types for t in self.aliases.get(o, frozenset({o}))}
 
 
-def kept_in_float(graph: GraphView[N], rules: Sequence[KeepFloat]) -> dict[str, str]:
-    """Node name -> reason, for every node the rules keep in float (first matching rule's reason)."""
+def kept_in_float(graph: GraphView[N], rules: Sequence[KeepFloat], with_paths: bool = False) -> dict[str, str]:
+    """Node name -> reason, for every node the rules keep in float (first matching rule's reason).
+
+    ``with_paths``: a ``producers`` rule also keeps the ops between its target and the quantizable producers
+    it finds. Needed where the quantizer gives elementwise arithmetic int8 ranges too (XNNPACK's adds, muls
+    and means): otherwise the value a rule protects, e.g. PartialFormer's context score
+    ``floor(mean(x + cpe(x)) * 1/grid)``, is still computed from int8 operands. ONNX Runtime and NNCF
+    quantize only Conv/MatMul here, so those ops are float there anyway."""
     quantizable = graph.types(QUANTIZABLE)
     consumers: dict[str, list[N]] = defaultdict(list)
     for node in graph.nodes:
@@ -62,19 +68,23 @@ def kept_in_float(graph: GraphView[N], rules: Sequence[KeepFloat]) -> dict[str, 
             elif rule.kind == "producers":
                 ports = graph.inputs(node)
                 start = ports if rule.input is None else ports[rule.input:rule.input + 1]
-                found = _nearest(graph, start, graph.inputs, quantizable, rule.hops)
+                found, between = _nearest(graph, start, graph.inputs, quantizable, rule.hops)
+                if with_paths:
+                    found += between
             else:
-                found = _nearest(graph, consumers[graph.name(node)], lambda n: consumers[graph.name(n)],
-                                 quantizable, rule.hops)
+                found, _ = _nearest(graph, consumers[graph.name(node)], lambda n: consumers[graph.name(n)],
+                                    quantizable, rule.hops)
             for hit in found:
                 keep.setdefault(graph.name(hit), rule.describe())
     return keep
 
 
 def _nearest(graph: GraphView[N], start: Iterable[N | None], step: Callable[[N], Iterable[N | None]],
-             kinds: set[str], hops: int) -> list[N]:
-    """The first nodes of ``kinds`` met on every path from ``start`` (following ``step``), ``hops`` deep."""
+             kinds: set[str], hops: int) -> tuple[list[N], list[N]]:
+    """The first nodes of ``kinds`` met on every path from ``start`` (following ``step``), ``hops`` deep, and
+    the other nodes passed on the way."""
     found: list[N] = []
+    between: list[N] = []
     seen: set[str] = set()
     frontier = [n for n in start if n is not None]
     for _ in range(hops):
@@ -87,6 +97,7 @@ def _nearest(graph: GraphView[N], start: Iterable[N | None], step: Callable[[N],
             if graph.kind(n) in kinds:
                 found.append(n)
             else:
+                between.append(n)
                 nxt.extend(p for p in step(n) if p is not None)
         frontier = nxt
-    return found
+    return found, between

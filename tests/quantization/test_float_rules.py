@@ -124,3 +124,18 @@ def test_fx_view_names_grouped_convolutions_like_onnx() -> None:
     keep = kept_in_float(fx_graph_view(graph), rules)
     convs = [node.name for node in graph.nodes if node.op == "call_function" and "conv" in str(node.target)]
     assert keep == {convs[0]: "GroupConv: dw", convs[1]: "ops reading GroupConv: after dw"}
+
+
+def test_with_paths_keeps_the_ops_between_a_producers_target_and_its_producers() -> None:
+    """For quantizers that also quantize elementwise ops (XNNPACK), the protected value must be float all the
+    way: the coordinates' Transpose and Add, not only the offset Conv. Consumer rules are unchanged."""
+    rules = (KeepFloat("producers", ("GridSample",), "coordinates", input=1),
+             KeepFloat("consumers", ("Exp",), "decay", hops=3))
+    plain = float_nodes(_toy(), rules)
+    name_nodes(model := _toy())
+    from edgevit.quantization.float_rules import kept_in_float
+    from edgevit.quantization.onnx_qdq import onnx_graph_view
+
+    paths = kept_in_float(onnx_graph_view(model), rules, with_paths=True)
+    assert set(paths) - set(plain) == {"t", "add_base"}
+    assert "mask_mul" not in paths  # between Exp and its consumer: consumer rules keep only the consumer
