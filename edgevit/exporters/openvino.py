@@ -36,7 +36,7 @@ from ..errors import BackendUnavailableError, EdgevitError
 from ..models.int8_rules import KeepFloat, keep_float_rules
 from ..models.registry import get_model_card
 from ..quantization.calibration import CALIB_SEED, DEFAULT_CALIB_COUNT, CalibrationSource, calibration_option
-from ..quantization.float_rules import GraphView, kept_in_float
+from ..quantization.float_rules import QUANTIZABLE, GraphView, kept_in_float
 from .onnx import OnnxOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -167,9 +167,19 @@ def quantize_int8(model: Any, samples: Sequence[np.ndarray], rules: Sequence[Kee
         quantized = nncf.quantize(
             model, nncf.Dataset(list(samples)), preset=nncf.QuantizationPreset.MIXED,
             subset_size=len(samples), advanced_parameters=ranges,
-            ignored_scope=nncf.IgnoredScope(names=sorted(keep), validate=False),
+            ignored_scope=nncf.IgnoredScope(names=sorted(keep), types=not_quantized_types(model), validate=False),
         )
     return quantized, keep
+
+
+def not_quantized_types(model: Any) -> list[str]:
+    """The op types of ``model`` NNCF must leave alone: all but the convolutions and MatMuls, as in the ONNX
+    recipe. Left to itself NNCF also quantizes the inputs of elementwise Add/Multiply/Concat/ReduceMean...
+    Measured on dualformer-t at 224x224 (200 evaluation images): 428 FakeQuantize, logit error 0.265 and 77.8 %
+    decisive agreement; with only Conv/MatMul quantized 157 FakeQuantize, 0.075 and 100 %."""
+    quantized = {t for name in QUANTIZABLE for t in OV_ALIASES.get(name, frozenset({name}))}
+    return sorted({op.get_type_name() for op in model.get_ordered_ops()} - quantized
+                  - {"Parameter", "Result", "Constant"})
 
 
 @contextlib.contextmanager
