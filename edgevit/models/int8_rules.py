@@ -12,14 +12,17 @@ Three kinds of rule:
 * ``op``        - the listed ops themselves are not quantized;
 * ``producers`` - the nearest quantizable ops (Conv/MatMul/Gemm) that compute an input of the listed
   ops are not quantized (``input``: only that input), so the value they decide on is computed in float;
-* ``consumers`` - quantizable ops reading the listed ops' output (within ``hops``) are not quantized.
+* ``consumers`` - quantizable ops reading the listed ops' output (within ``hops``) are not quantized;
+* ``arithmetic`` - no op but Conv/MatMul/Gemm gets int8 ranges (no ``op_types``). Only quantizers that also
+  quantize elementwise arithmetic (XNNPACK's adds, muls, concats, means) have anything to drop; ONNX Runtime
+  and NNCF quantize only those ops in edgevit's recipes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-RULE_KINDS = ("op", "producers", "consumers")
+RULE_KINDS = ("op", "producers", "consumers", "arithmetic")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class KeepFloat:
             raise ValueError(f"unknown rule kind {self.kind!r}; one of {RULE_KINDS}")
 
     def describe(self) -> str:
+        if self.kind == "arithmetic":
+            return f"elementwise arithmetic: {self.reason}"
         what = {"op": "", "producers": "ops computing ", "consumers": "ops reading "}[self.kind]
         port = f" (input {self.input})" if self.input is not None else ""
         return f"{what}{'/'.join(self.op_types)}{port}: {self.reason}"
@@ -80,6 +85,9 @@ FAMILY_RULES: dict[str, tuple[KeepFloat, ...]] = {
         KeepFloat("op", ("TopK",), "token selection"),
         KeepFloat("producers", ("TopK",), "the context score ranks tokens; int8 noise swaps near-tied tokens "
                   "between foreground and background", input=0),
+        KeepFloat("arithmetic", (), "the context score, the foreground count and the residual stream they are "
+                  "computed from; with int8 adds and means the selection mask differs from fp32's (ExecuTorch "
+                  "224x224, 100 images: 90.9 % decisive agreement, 98.7 % with the arithmetic in float)"),
     ),
 }
 

@@ -71,7 +71,7 @@ def fx_graph_view(graph: torch.fx.Graph) -> GraphView[torch.fx.Node]:
     def inputs(node: torch.fx.Node) -> list[torch.fx.Node | None]:
         return [producer(a) for a in node.all_input_nodes]
 
-    return GraphView(nodes=list(graph.nodes), kind=_rule_kind, name=lambda n: n.name, inputs=inputs,
+    return GraphView(nodes=[n for n in graph.nodes if n.op == "call_function"], kind=_rule_kind, name=lambda n: n.name, inputs=inputs,
                      aliases=ATEN_ALIASES)
 
 
@@ -139,7 +139,7 @@ def quantize_xnnpack(model: nn.Module, samples: Sequence[np.ndarray],
 
         def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             gm = super().annotate(gm)
-            RuleAwareQuantizer.kept = kept_in_float(fx_graph_view(gm.graph), rules, with_paths=True)
+            RuleAwareQuantizer.kept = kept_in_float(fx_graph_view(gm.graph), rules, arithmetic_quantized=True)
             outputs = {a.name for n in gm.graph.nodes if n.op == "output"
                        for a in n.all_input_nodes}  # the logits' producer stays float, as in ONNX
             for node in gm.graph.nodes:

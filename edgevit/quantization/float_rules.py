@@ -43,13 +43,14 @@ class GraphView(Generic[N]):
         return {t for o in onnx_types for t in self.aliases.get(o, frozenset({o}))}
 
 
-def kept_in_float(graph: GraphView[N], rules: Sequence[KeepFloat], with_paths: bool = False) -> dict[str, str]:
+def kept_in_float(graph: GraphView[N], rules: Sequence[KeepFloat],
+                  arithmetic_quantized: bool = False) -> dict[str, str]:
     """Node name -> reason, for every node the rules keep in float (first matching rule's reason).
 
-    ``with_paths``: a ``producers`` rule also keeps the ops between its target and the quantizable producers
-    it finds. Needed where the quantizer gives elementwise arithmetic int8 ranges too (XNNPACK's adds, muls
-    and means): otherwise the value a rule protects, e.g. PartialFormer's context score
-    ``floor(mean(x + cpe(x)) * 1/grid)``, is still computed from int8 operands. ONNX Runtime and NNCF
+    ``arithmetic_quantized``: the quantizer gives elementwise arithmetic int8 ranges too (XNNPACK's adds, muls
+    and means). Then ``arithmetic`` rules apply, and a ``producers`` rule also keeps the ops between its target
+    and the quantizable producers it finds: otherwise the value it protects, e.g. PartialFormer's context
+    score ``floor(mean(x + cpe(x)) * 1/grid)``, is still computed from int8 operands. ONNX Runtime and NNCF
     quantize only Conv/MatMul here, so those ops are float there anyway."""
     quantizable = graph.types(QUANTIZABLE)
     consumers: dict[str, list[N]] = defaultdict(list)
@@ -59,6 +60,12 @@ def kept_in_float(graph: GraphView[N], rules: Sequence[KeepFloat], with_paths: b
                 consumers[graph.name(producer)].append(node)
     keep: dict[str, str] = {}
     for rule in rules:
+        if rule.kind == "arithmetic":
+            if arithmetic_quantized:
+                for node in graph.nodes:
+                    if graph.kind(node) not in quantizable:
+                        keep.setdefault(graph.name(node), rule.describe())
+            continue
         targets = graph.types(rule.op_types)
         for node in graph.nodes:
             if graph.kind(node) not in targets:
@@ -69,7 +76,7 @@ def kept_in_float(graph: GraphView[N], rules: Sequence[KeepFloat], with_paths: b
                 ports = graph.inputs(node)
                 start = ports if rule.input is None else ports[rule.input:rule.input + 1]
                 found, between = _nearest(graph, start, graph.inputs, quantizable, rule.hops)
-                if with_paths:
+                if arithmetic_quantized:
                     found += between
             else:
                 found, _ = _nearest(graph, consumers[graph.name(node)], lambda n: consumers[graph.name(n)],

@@ -126,7 +126,7 @@ def test_fx_view_names_grouped_convolutions_like_onnx() -> None:
     assert keep == {convs[0]: "GroupConv: dw", convs[1]: "ops reading GroupConv: after dw"}
 
 
-def test_with_paths_keeps_the_ops_between_a_producers_target_and_its_producers() -> None:
+def test_arithmetic_quantizers_keep_the_ops_between_a_producers_target_and_its_producers() -> None:
     """For quantizers that also quantize elementwise ops (XNNPACK), the protected value must be float all the
     way: the coordinates' Transpose and Add, not only the offset Conv. Consumer rules are unchanged."""
     rules = (KeepFloat("producers", ("GridSample",), "coordinates", input=1),
@@ -136,6 +136,18 @@ def test_with_paths_keeps_the_ops_between_a_producers_target_and_its_producers()
     from edgevit.quantization.float_rules import kept_in_float
     from edgevit.quantization.onnx_qdq import onnx_graph_view
 
-    paths = kept_in_float(onnx_graph_view(model), rules, with_paths=True)
+    paths = kept_in_float(onnx_graph_view(model), rules, arithmetic_quantized=True)
     assert set(paths) - set(plain) == {"t", "add_base"}
     assert "mask_mul" not in paths  # between Exp and its consumer: consumer rules keep only the consumer
+
+
+def test_arithmetic_rule_applies_only_where_arithmetic_is_quantized() -> None:
+    from edgevit.quantization.float_rules import kept_in_float
+    from edgevit.quantization.onnx_qdq import onnx_graph_view
+
+    name_nodes(model := _toy())
+    rules = (KeepFloat("arithmetic", (), "selection"),)
+    assert kept_in_float(onnx_graph_view(model), rules) == {}
+    kept = kept_in_float(onnx_graph_view(model), rules, arithmetic_quantized=True)
+    assert {"add_base", "mask_mul", "t", "exp"} <= set(kept) and kept["mask_mul"] == "elementwise arithmetic: selection"
+    assert not {"feature_conv", "score_matmul", "head"} & set(kept)  # Conv/MatMul/Gemm keep their int8

@@ -17,18 +17,10 @@ from tests.openvino_support import smallest_per_family
 SIZE, IMAGES = 128, 200  # the table's setting (README "INT8 measurements")
 
 
-# Known failure (README "INT8 measurements"): DualFormer-T's convolutions give twice the others' logit error in
-# ONNX Runtime int8 (93.3 % decisive agreement at 224x224). Not strict: it was not measured at this size.
-_KNOWN = {("dualformer-t", "onnx"): "DualFormer-T int8 convolutions too noisy for the gate (issue 15, open)"}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("to", ["onnx", "openvino"])
 @pytest.mark.parametrize("name", smallest_per_family())
-def test_int8_export_passes_the_agreement_gate(name: str, to: str, tmp_path: Path,
-                                               request: pytest.FixtureRequest) -> None:
-    if (name, to) in _KNOWN:
-        request.applymarker(pytest.mark.xfail(reason=_KNOWN[name, to], strict=False))
+def test_int8_export_passes_the_agreement_gate(name: str, to: str, tmp_path: Path) -> None:
     if to == "openvino" and importlib.util.find_spec("nncf") is None:
         pytest.skip("OpenVINO int8 needs nncf")
     out = tmp_path / ("q.onnx" if to == "onnx" else "q")
