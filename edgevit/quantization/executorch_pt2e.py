@@ -71,8 +71,8 @@ def fx_graph_view(graph: torch.fx.Graph) -> GraphView[torch.fx.Node]:
     def inputs(node: torch.fx.Node) -> list[torch.fx.Node | None]:
         return [producer(a) for a in node.all_input_nodes]
 
-    return GraphView(nodes=[n for n in graph.nodes if n.op == "call_function"], kind=_rule_kind, name=lambda n: n.name, inputs=inputs,
-                     aliases=ATEN_ALIASES)
+    return GraphView(nodes=[n for n in graph.nodes if n.op == "call_function"], kind=_rule_kind,
+                     name=lambda n: n.name, inputs=inputs, aliases=ATEN_ALIASES)
 
 
 # where ``groups`` sits in the positional arguments of each ATen convolution
