@@ -45,6 +45,7 @@ class RuntimeSpec:
     channels_last: bool = False
     compile: bool = False
     artifact_precision: str | None = None  # the export's --precision (None: the format's default)
+    low_memory: bool = False  # ONNX Runtime without its memory pattern (lower peak RSS; see the runner)
 
     def options(self, threads: int, streams: int | None) -> dict[str, object]:
         opts: dict[str, object] = {"threads": threads} if self.device == "cpu" else {}
@@ -60,6 +61,8 @@ class RuntimeSpec:
             opts["precision"] = self.precision or "default"
             if streams:
                 opts["streams"] = streams
+        elif self.backend == "onnxruntime" and self.low_memory:
+            opts["memory_pattern"] = False
         elif self.backend == "tensorrt":
             opts = {}
         return opts
@@ -88,6 +91,8 @@ _RUNTIME_ALIASES: dict[str, dict[str, list[RuntimeSpec]]] = {
     "cpu": {
         **{k: [v] for k, v in _TORCH_CPU.items()},
         "onnxruntime": [RuntimeSpec("onnxruntime", "onnxruntime", "cpu", None, "onnx")],
+        "onnxruntime:low-memory": [RuntimeSpec("onnxruntime:low-memory", "onnxruntime", "cpu", None, "onnx",
+                                               low_memory=True)],
         "openvino": [RuntimeSpec("openvino:f32", "openvino", "cpu", "f32", "onnx"),
                      RuntimeSpec("openvino:default", "openvino", "cpu", None, "onnx")],
         "openvino:f32": [RuntimeSpec("openvino:f32", "openvino", "cpu", "f32", "onnx")],

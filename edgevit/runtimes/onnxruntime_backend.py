@@ -20,9 +20,15 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
 
 class OnnxRuntimeRunner(Runner):
     def __init__(self, path: str | Path, *, threads: int | None = None,
-                 providers: list[str] | None = None, profile: bool = False) -> None:
+                 providers: list[str] | None = None, profile: bool = False, memory_pattern: bool = True) -> None:
         """``profile=True`` turns on ONNX Runtime's own profiler for :meth:`op_profile` (it costs a little
-        on every call: never for timing)."""
+        on every call: never for timing).
+
+        ``memory_pattern=False`` turns off ONNX Runtime's memory pattern (one planned block per input shape,
+        sized for the whole graph's intermediates): intermediates then come from the arena one by one and
+        are reused as they die. Measured on a2mamba-n at batch 16 / 224 (2 threads): peak RSS 2011 -> 1111 MB;
+        see docs/models/a2mamba.md for the speed cost per family (``edgevit bench --runtimes
+        onnxruntime:low-memory``)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -32,6 +38,7 @@ class OnnxRuntimeRunner(Runner):
             opts.enable_profiling = True
             opts.profile_file_prefix = str(self._profile_dir / "ort")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.enable_mem_pattern = memory_pattern
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
@@ -49,6 +56,8 @@ class OnnxRuntimeRunner(Runner):
         provider = self.session.get_providers()[0]
         precision = "fp16" if self.inputs and self.inputs[0].dtype == "float16" else "fp32"
         details = {"provider": provider, "onnxruntime": ort.__version__}
+        if not memory_pattern:
+            details["memory_pattern"] = "off"
         precision = stored_precision(precision, self.metadata)  # QDQ: integer kernels + float rest
         if precision.startswith("int8"):
             details["model_precision"] = "int8"
