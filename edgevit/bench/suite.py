@@ -45,7 +45,7 @@ class RuntimeSpec:
     channels_last: bool = False
     compile: bool = False
     artifact_precision: str | None = None  # the export's --precision (None: the format's default)
-    low_memory: bool = False  # ONNX Runtime without its memory pattern (lower peak RSS; see the runner)
+    memory_pattern: bool = False  # ONNX Runtime with its memory pattern (its default; edgevit's is off)
 
     def options(self, threads: int, streams: int | None) -> dict[str, object]:
         opts: dict[str, object] = {"threads": threads} if self.device == "cpu" else {}
@@ -61,8 +61,8 @@ class RuntimeSpec:
             opts["precision"] = self.precision or "default"
             if streams:
                 opts["streams"] = streams
-        elif self.backend == "onnxruntime" and self.low_memory:
-            opts["memory_pattern"] = False
+        elif self.backend == "onnxruntime" and self.memory_pattern:
+            opts["memory_pattern"] = True
         elif self.backend == "tensorrt":
             opts = {}
         return opts
@@ -91,8 +91,8 @@ _RUNTIME_ALIASES: dict[str, dict[str, list[RuntimeSpec]]] = {
     "cpu": {
         **{k: [v] for k, v in _TORCH_CPU.items()},
         "onnxruntime": [RuntimeSpec("onnxruntime", "onnxruntime", "cpu", None, "onnx")],
-        "onnxruntime:low-memory": [RuntimeSpec("onnxruntime:low-memory", "onnxruntime", "cpu", None, "onnx",
-                                               low_memory=True)],
+        "onnxruntime:memory-pattern": [RuntimeSpec("onnxruntime:memory-pattern", "onnxruntime", "cpu", None,
+                                                   "onnx", memory_pattern=True)],
         "openvino": [RuntimeSpec("openvino:f32", "openvino", "cpu", "f32", "onnx"),
                      RuntimeSpec("openvino:default", "openvino", "cpu", None, "onnx")],
         "openvino:f32": [RuntimeSpec("openvino:f32", "openvino", "cpu", "f32", "onnx")],

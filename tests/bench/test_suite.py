@@ -80,8 +80,8 @@ def test_runtime_aliases_and_validation() -> None:
     assert [s.label for s in parse_runtimes(["torch-compile", "torch:channels-last", "torch:bf16"], "cpu")] == [
         "torch-compile", "torch:channels-last", "torch:bf16"]
     assert parse_runtimes(["torch-compile"], "cpu")[0].options(2, None)["compile"] is True
-    (low,) = parse_runtimes(["onnxruntime:low-memory"], "cpu")
-    assert low.artifact == "onnx" and low.options(2, None) == {"threads": 2, "memory_pattern": False}
+    (pattern,) = parse_runtimes(["onnxruntime:memory-pattern"], "cpu")
+    assert pattern.artifact == "onnx" and pattern.options(2, None) == {"threads": 2, "memory_pattern": True}
     assert "memory_pattern" not in parse_runtimes(["onnxruntime"], "cpu")[0].options(2, None)
     with pytest.raises(EdgevitError, match="latency scenario runs batch 1"):
         bench.run(["s2aformer-mini"], ["torch"], scenario="latency", batches=[8], policy=FAST)

@@ -41,14 +41,14 @@ def test_runners_share_one_interface(mini_onnx: Path) -> None:
     np.testing.assert_allclose(ort_runner(x)["logits"], torch_runner(x)["logits"], atol=1e-4)
 
 
-def test_onnxruntime_low_memory_mode_reaches_the_session_and_changes_no_output(mini_onnx: Path) -> None:
+def test_onnxruntime_memory_pattern_is_off_unless_asked_and_changes_no_output(mini_onnx: Path) -> None:
     x = seeded_inputs(2, (64, 64))
     plain = runtimes.load(mini_onnx, threads=1)
-    low = runtimes.load(mini_onnx, threads=1, memory_pattern=False)
-    assert plain.session.get_session_options().enable_mem_pattern
-    assert not low.session.get_session_options().enable_mem_pattern
-    assert low.info.details["memory_pattern"] == "off" and "memory_pattern" not in plain.info.details
-    np.testing.assert_array_equal(low(x)["logits"], plain(x)["logits"])  # an allocation plan, not numerics
+    pattern = runtimes.load(mini_onnx, threads=1, memory_pattern=True)
+    assert not plain.session.get_session_options().enable_mem_pattern
+    assert pattern.session.get_session_options().enable_mem_pattern
+    assert pattern.info.details["memory_pattern"] == "on" and "memory_pattern" not in plain.info.details
+    np.testing.assert_array_equal(pattern(x)["logits"], plain(x)["logits"])  # an allocation plan, not numerics
 
 
 def test_wrong_shape_is_a_one_line_error(mini_onnx: Path) -> None:
