@@ -44,6 +44,7 @@ ATEN_ALIASES: dict[str, frozenset[str]] = {
     "Softplus": frozenset({"softplus"}),
     "GreaterOrEqual": frozenset({"ge"}),
     "Greater": frozenset({"gt"}),
+    "Pad": frozenset({"pad", "constant_pad_nd"}),
 }
 
 

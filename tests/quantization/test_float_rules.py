@@ -151,3 +151,29 @@ def test_arithmetic_rule_applies_only_where_arithmetic_is_quantized() -> None:
     kept = kept_in_float(onnx_graph_view(model), rules, arithmetic_quantized=True)
     assert {"add_base", "mask_mul", "t", "exp"} <= set(kept) and kept["mask_mul"] == "elementwise arithmetic: selection"
     assert not {"feature_conv", "score_matmul", "head"} & set(kept)  # Conv/MatMul/Gemm keep their int8
+
+
+def test_a2mamba_keeps_what_feeds_the_scans_pads_float_where_elementwise_ops_are_quantized() -> None:
+    """XNNPACK cannot create a pad that reads int8 values and writes float (a2mamba-n's int8 program failed to
+    load at 224); in the ExecuTorch view the ops feeding the scan's pads (end padding of a chunked sequence and
+    the carried states' shift) stay float, and in the ONNX view, where only Conv/MatMul are quantized, the rule
+    keeps nothing more."""
+    torch = pytest.importorskip("torch")
+    from edgevit.models.ops.selective_scan import selective_scan_chunked
+    from edgevit.quantization.executorch_pt2e import fx_graph_view
+    from edgevit.quantization.float_rules import kept_in_float
+
+    class Scan(torch.nn.Module):
+        def forward(self, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+            return selective_scan_chunked(u, delta, -torch.ones(4, 1), u[:, :1] * 2, torch.zeros(4))
+
+    length = 20  # 3 chunks of 8: the end is padded, and chunk-end states are carried (a front pad)
+    graph = torch.export.export(Scan(), (torch.rand(1, 4, length), torch.rand(1, 4, length))).graph
+    view = fx_graph_view(graph)
+    pads = [n for n in view.nodes if view.kind(n) in ("pad", "constant_pad_nd")]
+    feeding = {view.name(p) for pad in pads for p in view.inputs(pad) if p is not None}
+    assert len(pads) >= 3 and feeding
+    kept = kept_in_float(view, keep_float_rules("A2Mamba"), arithmetic_quantized=True)
+    assert feeding <= set(kept), sorted(feeding - set(kept))
+    pad_rule = [r for r in keep_float_rules("A2Mamba") if r.op_types == ("Pad",)]
+    assert pad_rule and kept_in_float(view, pad_rule) == {}  # nothing quantizable within its hops
