@@ -68,10 +68,6 @@ FAMILY_RULES: dict[str, tuple[KeepFloat, ...]] = {
                   "and cumulative sums of the step sizes"),
         KeepFloat("consumers", ("Exp", "CumSum"), "the scan's decay matrix exp(segment sums) spans many orders "
                   "of magnitude; an int8 range keeps only the largest terms", hops=3),
-        KeepFloat("producers", ("Pad",), "the scan's chunk padding and carried states: XNNPACK cannot create a "
-                  "pad reading int8 values it then writes as float (a2mamba-n at 224: xnn_status_invalid_parameter "
-                  "at load); the elementwise ops feeding a pad stay float (only where elementwise ops are "
-                  "quantized: no Conv/MatMul lies within 2 hops)", hops=2),
     ),
     "DualFormer": COMMON + (
         KeepFloat("op", ("GroupConv",), "depth-wise convolutions (patch embedding, CPE, MBConv, MHPA downsample): "

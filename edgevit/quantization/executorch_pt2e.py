@@ -47,6 +47,14 @@ ATEN_ALIASES: dict[str, frozenset[str]] = {
     "Pad": frozenset({"pad", "constant_pad_nd"}),
 }
 
+# What XNNPACK itself cannot run, kept float in every family on top of the family's precision rules: a pad that
+# reads int8 values and writes float fails when the program loads ("Failed to create StaticConstantPad node":
+# xnn_status_invalid_parameter; a2mamba-n at 224, whose scan pads its chunks and shifts its carried states).
+# The ops feeding a pad (2 hops) stay float instead.
+XNNPACK_CONSTRAINTS: tuple[KeepFloat, ...] = (
+    KeepFloat("producers", ("Pad",), "XNNPACK cannot create a pad reading int8 values and writing float", hops=2),
+)
+
 
 def _aten_name(node: torch.fx.Node) -> str:
     """``aten.conv2d.default`` -> ``conv2d``; placeholders/outputs keep their op kind."""
@@ -140,7 +148,8 @@ def quantize_xnnpack(model: nn.Module, samples: Sequence[np.ndarray],
 
         def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             gm = super().annotate(gm)
-            RuleAwareQuantizer.kept = kept_in_float(fx_graph_view(gm.graph), rules, arithmetic_quantized=True)
+            RuleAwareQuantizer.kept = kept_in_float(fx_graph_view(gm.graph), (*rules, *XNNPACK_CONSTRAINTS),
+                                                    arithmetic_quantized=True)
             outputs = {a.name for n in gm.graph.nodes if n.op == "output"
                        for a in n.all_input_nodes}  # the logits' producer stays float, as in ONNX
             for node in gm.graph.nodes:

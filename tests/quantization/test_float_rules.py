@@ -153,14 +153,14 @@ def test_arithmetic_rule_applies_only_where_arithmetic_is_quantized() -> None:
     assert not {"feature_conv", "score_matmul", "head"} & set(kept)  # Conv/MatMul/Gemm keep their int8
 
 
-def test_a2mamba_keeps_what_feeds_the_scans_pads_float_where_elementwise_ops_are_quantized() -> None:
+def test_xnnpack_int8_keeps_what_feeds_a_pad_float() -> None:
     """XNNPACK cannot create a pad that reads int8 values and writes float (a2mamba-n's int8 program failed to
-    load at 224); in the ExecuTorch view the ops feeding the scan's pads (end padding of a chunked sequence and
-    the carried states' shift) stay float, and in the ONNX view, where only Conv/MatMul are quantized, the rule
-    keeps nothing more."""
+    load at 224); with the ExecuTorch quantizer's constraints the ops feeding the scan's pads (end padding of a
+    chunked sequence and the carried states' shift) stay float, and nothing quantizable lies within the
+    constraint's hops of them (no Conv/MatMul is given up)."""
     torch = pytest.importorskip("torch")
     from edgevit.models.ops.selective_scan import selective_scan_chunked
-    from edgevit.quantization.executorch_pt2e import fx_graph_view
+    from edgevit.quantization.executorch_pt2e import XNNPACK_CONSTRAINTS, fx_graph_view
     from edgevit.quantization.float_rules import kept_in_float
 
     class Scan(torch.nn.Module):
@@ -173,7 +173,33 @@ def test_a2mamba_keeps_what_feeds_the_scans_pads_float_where_elementwise_ops_are
     pads = [n for n in view.nodes if view.kind(n) in ("pad", "constant_pad_nd")]
     feeding = {view.name(p) for pad in pads for p in view.inputs(pad) if p is not None}
     assert len(pads) >= 3 and feeding
-    kept = kept_in_float(view, keep_float_rules("A2Mamba"), arithmetic_quantized=True)
+    kept = kept_in_float(view, keep_float_rules("A2Mamba") + XNNPACK_CONSTRAINTS, arithmetic_quantized=True)
     assert feeding <= set(kept), sorted(feeding - set(kept))
-    pad_rule = [r for r in keep_float_rules("A2Mamba") if r.op_types == ("Pad",)]
+    pad_rule = [r for r in XNNPACK_CONSTRAINTS if r.op_types == ("Pad",)]
     assert pad_rule and kept_in_float(view, pad_rule) == {}  # nothing quantizable within its hops
+
+
+def test_xnnpack_quantizer_applies_its_constraints_to_every_family() -> None:
+    """The constraint reaches the quantized program: no pad reads a dequantized (int8) value, whatever the
+    family's rules (here none at all)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("executorch")
+    import numpy as np
+
+    from edgevit.models.ops.selective_scan import selective_scan_chunked
+    from edgevit.quantization.executorch_pt2e import quantize_xnnpack
+
+    class Scan(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(20, 20)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            u = self.proj(x)
+            return selective_scan_chunked(u, u * 0.5, -torch.ones(4, 1), u[:, :1] * 2, torch.zeros(4))
+
+    samples = [np.random.default_rng(i).standard_normal((1, 4, 20)).astype(np.float32) for i in range(2)]
+    converted, _ = quantize_xnnpack(Scan(), samples, ())
+    pads = [n for n in converted.graph.nodes if n.op == "call_function" and "pad" in str(n.target)]
+    assert pads
+    assert not [p.name for p in pads if any("dequantize" in str(a.target) for a in p.all_input_nodes)]
