@@ -291,6 +291,9 @@ def export(
                                                           "RGB, normalise inside.")] = None,
     calib_images: Annotated[Path | None, typer.Option(help="onnx/openvino/executorch int8: folder of calibration images "
                                                             "(default: a synthetic set).")] = None,
+    calib_count: Annotated[int | None, typer.Option(help="onnx/openvino/executorch int8: calibration images (the "
+                                                         "synthetic set's size, or how many of --calib-images are "
+                                                         "read, by name; default 256).")] = None,
     opt_batch: Annotated[int | None, typer.Option(help="tensorrt --dynamic-batch: batch the profile is tuned for "
                                                        "(default --max-batch).")] = None,
     max_batch: Annotated[int | None, typer.Option(help="tensorrt --dynamic-batch: largest batch of the profile.")

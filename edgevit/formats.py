@@ -93,7 +93,7 @@ def register_format(fmt: Format) -> Format:
 register_format(Format(
     name="onnx", title="ONNX", artifact=".onnx", options_type=onnx_exporter.OnnxOptions,
     exporter=onnx_exporter.export_artifact, runtime="onnxruntime", tolerance={"fp32": FP32_RTOL, "int8": AGREEMENT},
-    cli_options=("precision", "calib_images", "opset", "simplify", "scan"),
+    cli_options=("precision", "calib_images", "calib_count", "opset", "simplify", "scan"),
     default_name=lambda stem, options: f"{stem}{'-int8' if options.precision == 'int8' else ''}.onnx",
     read_metadata=onnx_exporter.read_metadata,
 ))
@@ -101,7 +101,7 @@ register_format(Format(
     name="openvino", title="OpenVINO IR", artifact=FOLDER, options_type=openvino_exporter.OpenVinoExportOptions,
     exporter=openvino_exporter.export_artifact, runtime="openvino",
     tolerance={"fp32": FP32_RTOL, "fp16": FP16_RTOL, "int8": AGREEMENT},
-    cli_options=("precision", "embed_preprocess", "calib_images", "opset", "simplify", "scan"),
+    cli_options=("precision", "embed_preprocess", "calib_images", "calib_count", "opset", "simplify", "scan"),
     default_name=lambda stem, options: openvino_exporter.ir_dir_name(stem, options),
     read_metadata=openvino_exporter.read_artifact_metadata, intermediate="onnx",
     runtime_options={"precision": "fp32"},  # the CPU plugin would otherwise run bf16 on AMX/AVX512-BF16 CPUs
@@ -122,7 +122,7 @@ register_format(Format(
     name="executorch", title="ExecuTorch program", artifact=executorch_exporter.PTE_SUFFIX,
     options_type=executorch_exporter.ExecuTorchOptions, exporter=executorch_exporter.export_artifact,
     runtime="executorch", tolerance={"fp32": FP32_RTOL, "int8": AGREEMENT},
-    cli_options=("delegate", "xnnpack_forms", "scan", "precision", "calib_images"),
+    cli_options=("delegate", "xnnpack_forms", "scan", "precision", "calib_images", "calib_count"),
     default_name=lambda stem, options: (f"{stem}-{options.delegate}{'-int8' if options.precision == 'int8' else ''}"
                                         f"{executorch_exporter.PTE_SUFFIX}"),
     read_metadata=executorch_exporter.read_artifact_metadata, companions=executorch_exporter.companions,

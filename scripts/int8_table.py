@@ -3,7 +3,7 @@
 Usage: python scripts/int8_table.py [--no-export] [--formats onnx,openvino,executorch] SIZE N_IMAGES OUT_DIR MODEL...
 
 Phase 1, per model: the fp32 PyTorch logits of the first N_IMAGES evaluation images (computed once, shared by
-every runtime), then per format the fp32 and int8 exports (default recipe: 64 synthetic calibration images,
+every runtime), then per format the fp32 and int8 exports (default recipe: the default synthetic calibration set,
 the family's keep-in-float rules) and the int8 agreement report on those images, computed by the gate's
 own comparison (edgevit.quantization.accuracy.compare_logits). An artifact already in OUT_DIR (an
 interrupted run) is reused; ``--no-export`` skips a format whose artifacts are missing.

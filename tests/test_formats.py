@@ -26,6 +26,7 @@ CASES: dict[str, dict[str, tuple[Any, str]]] = {
     "onnx": {
         "precision": ("int8", "changes"),  # agreement and the QDQ graph: tests/quantization/test_onnx_qdq.py
         "calib_images": (Path("."), "refused: only applies to --precision int8"),
+        "calib_count": (8, "refused: --calib-count only applies to --precision int8"),
         "opset": (20, "changes"),
         "simplify": (False, "changes"),
         "scan": ("custom", "refused: has no selective scans"),  # s2aformer has none; A2Mamba's tested in its file
@@ -34,6 +35,7 @@ CASES: dict[str, dict[str, tuple[Any, str]]] = {
         "precision": ("fp16", "changes"),
         "embed_preprocess": (True, "changes"),
         "calib_images": (Path("."), "refused: only applies to --precision int8"),  # int8: test_openvino.py
+        "calib_count": (8, "refused: --calib-count only applies to --precision int8"),  # int8: test_openvino.py
         "opset": (20, "changes"),
         "simplify": (False, "changes"),
         "scan": ("custom", "refused: has no selective scans"),
@@ -56,6 +58,7 @@ CASES: dict[str, dict[str, tuple[Any, str]]] = {
         # int8 "changes" costs ~3.5 min of lowering: tests/exporters/test_mobile_formats.py (slow) checks it
         "precision": ("fp16", "refused: fp32 or int8"),
         "calib_images": (Path("."), "refused: only applies to --precision int8"),
+        "calib_count": (8, "refused: --calib-count only applies to --precision int8"),
     },
     "ort": {
         "target_platform": ("amd64", "changes"),
@@ -131,7 +134,8 @@ def test_every_allowed_option_changes_the_artifact_or_is_refused(to: str, tmp_pa
 
 
 @pytest.mark.parametrize("args,needle", [
-    (("--workspace", "2"), ("--to onnx does not take --workspace; it takes --precision, --calib-images, --opset, "
+    (("--workspace", "2"), ("--to onnx does not take --workspace; it takes --precision, --calib-images, --calib-count, "
+                            "--opset, "
                             "--simplify/--no-simplify, --scan")),
     (("--embed-preprocess",), "--to onnx does not take --embed-preprocess"),  # given explicitly, even if false
     (("--to", "openvino", "--max-batch", "4", "--no-simplify"), "--to openvino does not take --max-batch; it takes"),

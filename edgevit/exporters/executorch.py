@@ -54,6 +54,7 @@ class ExecuTorchOptions:
     scan: str = "decomposed"
     precision: str = "fp32"  # or "int8": PT2E static quantization for XNNPACK (edgevit.quantization.executorch_pt2e)
     calib_images: Path | None = None  # int8: a folder of calibration images; None: the synthetic set
+    calib_count: int | None = None  # int8: calibration images (None: calibration.DEFAULT_CALIB_COUNT)
 
     def __post_init__(self) -> None:
         if self.delegate not in DELEGATES:
@@ -74,7 +75,7 @@ class ExecuTorchOptions:
         return {"scan": self.scan, "delegate": self.delegate, "xnnpack_forms": str(self.uses_forms).lower()}
 
     def calibration(self) -> CalibrationSource:
-        return calibration_option(self.calib_images, self.precision)
+        return calibration_option(self.calib_images, self.precision, self.calib_count)
 
     @property
     def uses_forms(self) -> bool:

@@ -53,6 +53,7 @@ class OnnxOptions:
     scan: str = "decomposed"  # selective scan as standard ops, or one custom node (see onnx_scan)
     precision: str = "fp32"  # or "int8": static QDQ (edgevit.quantization.onnx_qdq)
     calib_images: Path | None = None  # int8: a folder of calibration images; None: the synthetic set
+    calib_count: int | None = None  # int8: calibration images (None: calibration.DEFAULT_CALIB_COUNT)
 
     def __post_init__(self) -> None:
         if self.opset not in OPSETS:
@@ -61,7 +62,7 @@ class OnnxOptions:
         self.calibration()
 
     def calibration(self) -> CalibrationSource:
-        return calibration_option(self.calib_images, self.precision)
+        return calibration_option(self.calib_images, self.precision, self.calib_count)
 
     def metadata(self) -> dict[str, str]:
         return {"scan": self.scan}

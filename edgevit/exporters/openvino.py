@@ -36,7 +36,7 @@ from ..artifact import PREFIX, ArtifactMetadata, read_manifest
 from ..errors import BackendUnavailableError, EdgevitError
 from ..models.int8_rules import KeepFloat, keep_float_rules
 from ..models.registry import get_model_card
-from ..quantization.calibration import CALIB_SEED, DEFAULT_CALIB_COUNT, CalibrationSource, calibration_option
+from ..quantization.calibration import CalibrationSource, calibration_option
 from ..quantization.float_rules import GROUP_CONV, QUANTIZABLE, GraphView, kept_in_float
 from .onnx import OnnxOptions
 
@@ -70,13 +70,12 @@ class OpenVinoExportOptions:
 
     precision: str = "fp32"
     embed_preprocess: bool = False
-    calib_images: Path | None = None  # a folder of images; None: deterministic synthetic calibration set
-    calib_count: int = DEFAULT_CALIB_COUNT  # size of the synthetic set
-    calib_seed: int = CALIB_SEED
+    calib_images: Path | None = None  # int8: a folder of calibration images; None: the synthetic set
+    calib_count: int | None = None  # int8: calibration images (None: calibration.DEFAULT_CALIB_COUNT)
     onnx: OnnxOptions = field(default_factory=OnnxOptions)
 
     def calibration(self) -> CalibrationSource:
-        return calibration_option(self.calib_images, self.precision, self.calib_count, self.calib_seed)
+        return calibration_option(self.calib_images, self.precision, self.calib_count)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -230,10 +230,11 @@ def test_cli_int8_synthetic_calibration_json(tmp_path: Path) -> None:
     # The agreement gate is not the subject here (it is measured at deployment sizes by scripts/int8_table.py,
     # README "INT8"); this checks the CLI's JSON and that NNCF's output stays off stdout.
     res = CliRunner().invoke(app, ["export", "s2aformer-mini", "--to", "openvino", "--precision", "int8",
-                                   "--input-size", "64", "-o", str(tmp_path / "q"), "--no-verify", "--json"])
+                                   "--input-size", "64", "--calib-count", "16", "-o", str(tmp_path / "q"),
+                                   "--no-verify", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)  # NNCF's progress output must not leak into stdout
-    assert data["precision"] == "int8" and data["calibration"].startswith("synthetic: 64 deterministic")
+    assert data["precision"] == "int8" and data["calibration"].startswith("synthetic: 16 deterministic")
     assert data["verified"] is False
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     assert manifest["calibration"] == data["calibration"]

@@ -9,7 +9,8 @@ import pytest
 
 from edgevit.errors import EdgevitError
 from edgevit.images import fit_to, read_image, synthetic_images, to_tensor, write_ppm
-from edgevit.quantization.calibration import CalibrationSource, batches_of
+from edgevit.formats import format_options
+from edgevit.quantization.calibration import DEFAULT_CALIB_COUNT, CalibrationSource, batches_of
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -55,3 +56,20 @@ def test_bad_sources_are_refused_before_any_work(source: CalibrationSource, mess
 def test_an_empty_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(EdgevitError, match="no images"):
         CalibrationSource(images=tmp_path).check()
+
+
+def test_count_caps_a_folder_in_name_order(tmp_path: Path) -> None:
+    for i, img in enumerate(synthetic_images(3, (20, 20), seed=5)):
+        write_ppm(tmp_path / f"{i}.ppm", img)
+    source = CalibrationSource(images=tmp_path, count=2)
+    assert [f.name for f in source.files()] == ["0.ppm", "1.ppm"] and len(source.batches((8, 8), MEAN, STD, 1)) == 2
+
+
+@pytest.mark.parametrize("to", ["onnx", "openvino", "executorch"])
+def test_every_int8_format_takes_the_calibration_count(to: str) -> None:
+    """One calibration source for every int8 format: --calib-count reaches each, and each has the same default."""
+    assert format_options(to, precision="int8", calib_count=7).calibration().count == 7
+    assert format_options(to, precision="int8").calibration().describe().startswith(
+        f"synthetic: {DEFAULT_CALIB_COUNT} deterministic")
+    with pytest.raises(EdgevitError, match="--calib-count only applies to --precision int8"):
+        format_options(to, calib_count=7)
