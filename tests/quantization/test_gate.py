@@ -1,5 +1,5 @@
 """The INT8 gate at a deployment-like size: the smallest variant of every family, exported to int8 ONNX (ONNX
-Runtime) and OpenVINO with the default recipe (64 synthetic calibration images), passes top-1 agreement on
+Runtime) and OpenVINO with the default recipe (the default synthetic calibration set), passes top-1 agreement on
 the decisive evaluation images. Slow (an export and 2 x 200 forward passes per case); the same numbers,
 with speed, come from scripts/int8_table.py (README "INT8")."""
 
