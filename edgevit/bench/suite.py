@@ -6,7 +6,6 @@ over total time, median over repeats); ``latency`` runs batch 1 and reports p50/
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,7 @@ from ..errors import EdgevitError
 from ..models import count_macs, count_params, get_model_card, resolve_name
 from ..verify import seeded_inputs
 from . import environment, memory, references, roof
-from .memory import PeakRssSampler
+from .memory import PeakRssSampler, release_freed_memory
 from .timing import Measurement, TimingPolicy, measure_repeated
 
 SCENARIOS = ("throughput", "latency")
@@ -258,7 +257,7 @@ def run_case(case: BenchCase, policy: TimingPolicy, progress: ProgressFn | None 
         artifact = artifact_for(case)
         if artifact is not None:
             row.details["artifact"] = str(artifact)
-        gc.collect()
+        release_freed_memory()  # this case's peak must not hold the heap the previous case freed
         with PeakRssSampler() as load_rss:
             t0 = time.perf_counter()
             runner = make_runner(case, artifact)
