@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edgevit.errors import EdgevitError
-from edgevit.images import fit_to, read_image, synthetic_images, to_tensor, write_ppm
 from edgevit.formats import format_options
+from edgevit.images import fit_to, read_image, synthetic_images, to_tensor, write_ppm
 from edgevit.quantization.calibration import DEFAULT_CALIB_COUNT, CalibrationSource, batches_of
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
