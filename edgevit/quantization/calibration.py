@@ -68,8 +68,7 @@ class CalibrationSource:
         return batches_of(to_tensor(self.images_u8(size), mean, std), batch or 1)
 
 
-def calibration_option(calib_images: Path | None, precision: str, count: int | None = None,
-                       seed: int = CALIB_SEED) -> CalibrationSource:
+def calibration_option(calib_images: Path | None, precision: str, count: int | None = None) -> CalibrationSource:
     """The calibration source an export's ``--calib-images``/``--calib-count``/``--precision`` name (``count``
     None: :data:`DEFAULT_CALIB_COUNT`), validated before any export work: a calibration option with a
     non-int8 precision would change nothing, so it is refused rather than ignored, and a missing or empty
@@ -78,7 +77,7 @@ def calibration_option(calib_images: Path | None, precision: str, count: int | N
         if value is not None and precision != "int8":
             raise EdgevitError(f"{flag} only applies to --precision int8")
     source = CalibrationSource(Path(calib_images) if calib_images is not None else None,
-                               DEFAULT_CALIB_COUNT if count is None else count, seed)
+                               DEFAULT_CALIB_COUNT if count is None else count)
     source.check()
     return source
 
