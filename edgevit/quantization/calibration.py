@@ -76,6 +76,8 @@ def calibration_option(calib_images: Path | None, precision: str, count: int | N
     for flag, value in (("--calib-images", calib_images), ("--calib-count", count)):
         if value is not None and precision != "int8":
             raise EdgevitError(f"{flag} only applies to --precision int8")
+    if count is not None and count < 1:
+        raise EdgevitError(f"--calib-count must be at least 1, got {count}")
     source = CalibrationSource(Path(calib_images) if calib_images is not None else None,
                                DEFAULT_CALIB_COUNT if count is None else count)
     source.check()

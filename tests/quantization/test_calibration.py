@@ -73,3 +73,5 @@ def test_every_int8_format_takes_the_calibration_count(to: str) -> None:
         f"synthetic: {DEFAULT_CALIB_COUNT} deterministic")
     with pytest.raises(EdgevitError, match="--calib-count only applies to --precision int8"):
         format_options(to, calib_count=7)
+    with pytest.raises(EdgevitError, match="--calib-count must be at least 1, got 0"):
+        format_options(to, precision="int8", calib_count=0)
