@@ -79,6 +79,7 @@ MUTATIONS: dict[str, list[tuple[str, Callable[[onnx.NodeProto], None]]]] = {
     "Relu": [("->Abs", _swap_op("Abs"))],
     "ReduceMean": [("->ReduceMax", _swap_op("ReduceMax", keep_attrs=True))],
     "ReduceMax": [("->ReduceMean", _swap_op("ReduceMean", keep_attrs=True))],
+    "ReduceSum": [("->ReduceMean", _swap_op("ReduceMean", keep_attrs=True))],
     "MaxPool": [("->AveragePool", _swap_op("AveragePool", keep_attrs=True))],
     "AveragePool": [("->MaxPool", _swap_op("MaxPool", keep_attrs=True))],
     "LayerNormalization": [("scale<->bias", _swap_inputs(1, 2))],

@@ -64,10 +64,13 @@ FAMILY_RULES: dict[str, tuple[KeepFloat, ...]] = {
                   "moves every sampling point", input=1),
     ),
     "A2Mamba": COMMON + (
-        KeepFloat("op", ("Exp", "CumSum", "Softplus"), "the selective scan's discretisation: exponentials "
-                  "and cumulative sums of the step sizes"),
-        KeepFloat("consumers", ("Exp", "CumSum"), "the scan's decay matrix exp(segment sums) spans many orders "
-                  "of magnitude; an int8 range keeps only the largest terms", hops=3),
+        KeepFloat("op", ("Exp", "Softplus"), "the selective scan's discretisation: the step sizes' softplus and "
+                  "the exponentials of the log-decay's sums"),
+        KeepFloat("producers", ("Exp",), "the scan's segment and prefix sums of the log-decay (GEMMs with constant "
+                  "0/1 matrices): one int8 step of a sum is a factor on every decay computed from it"),
+        KeepFloat("consumers", ("Exp",), "the scan's decay matrix exp(segment sums) spans many orders "
+                  "of magnitude; an int8 range keeps only the largest terms (the Mul weighting the inputs by it, "
+                  "where a quantizer takes elementwise arithmetic: XNNPACK)", hops=3),
     ),
     "DualFormer": COMMON + (
         KeepFloat("op", ("GroupConv",), "depth-wise convolutions (patch embedding, CPE, MBConv, MHPA downsample): "

@@ -70,12 +70,12 @@ def test_logits_outside_the_window_are_masked(tile: int) -> None:
     logits = na_qk(torch.zeros(1, 1, h * w, 2), torch.zeros(1, 1, h * w, 2), plan, torch.zeros(1, 9, 9))
     finite = torch.isfinite(logits).sum(-1)  # per (tile, query slot): real queries see K*K keys
     rows, cols = (axis_tiles(n, kernel, d, tile).q_real for n, d in zip((h, w), dil))
-    real = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(finite.shape[-3:])
+    real = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(finite.shape[-2:])
     assert (finite[0, 0][torch.from_numpy(real)] == kernel * kernel).all()
 
 
 def test_plans_are_cached_per_size_dilation_and_tile() -> None:
     a = na_plan(20, 24, 7, (2, 3), tile=4)
     assert na_plan(20, 24, 7, (2, 3), tile=4) is a and na_plan(20, 24, 7, (2, 3), tile=2) is not a
-    assert a.q_rows.dtype == torch.int64 and a.k_rows.shape == (a.tiles_h * (4 + 7 - 1),)
-    assert sorted(a.slot_rows.tolist()) == a.slot_rows.unique().tolist()  # every row has its own slot
+    assert a.q_index.dtype == torch.int64 and a.k_index.shape == (a.tiles * (4 + 7 - 1) ** 2,)
+    assert sorted(a.out_index.tolist()) == a.out_index.unique().tolist()  # every token has its own slot

@@ -167,7 +167,7 @@ def test_xnnpack_int8_keeps_what_feeds_a_pad_float() -> None:
         def forward(self, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
             return selective_scan_chunked(u, delta, -torch.ones(4, 1), u[:, :1] * 2, torch.zeros(4))
 
-    length = 20  # 3 chunks of 8: the end is padded, and chunk-end states are carried (a front pad)
+    length = 22  # 6 chunks of 4: the end is padded, and chunk-end states are carried (a front pad)
     graph = torch.export.export(Scan(), (torch.rand(1, 4, length), torch.rand(1, 4, length))).graph
     view = fx_graph_view(graph)
     pads = [n for n in view.nodes if view.kind(n) in ("pad", "constant_pad_nd")]

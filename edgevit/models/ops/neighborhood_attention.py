@@ -23,13 +23,16 @@ additive constant (relative bias where the key is in the query's window, ``-inf`
 exact NATTEN result: ``softmax`` over the region equals ``softmax`` over the window. Keys are gathered
 ``((T+K-1)/T)^2`` times instead of ``K^2`` times; logits hold ``(T+K-1)^2`` instead of ``K^2`` entries
 per query. ``T = 1`` is exactly the per-query gather. Everything stays linear in the number of tokens.
-No intermediate has more than 6 dimensions (batch and heads are merged around the tile permutes):
-XNNPACK's limit (``XNN_MAX_TENSOR_DIMS``); ExecuTorch 1.5's partitioner accepts a 7-D permute but the
-delegate then fails to load.
+No intermediate has more than 6 dimensions, XNNPACK's limit (``XNN_MAX_TENSOR_DIMS``; ExecuTorch 1.5's
+partitioner accepts a 7-D permute but the delegate then fails to load).
 
-All index tables are separable (one per axis, ``O(length * (T+K))`` entries) and pure functions of
-``(H, W, K, dh, dw, T)``: they are built once in NumPy and cached as tensors per device (while tracing,
-made afresh by :func:`.constants.constant`, so a trace records them as constants).
+The per-axis tables (``O(length * (T+K))`` entries) are pure functions of ``(H, W, K, dh, dw, T)``;
+from them the plan builds three flat token tables - each tile's queries, each tile's region keys, each
+token's tile slot - so gathering a tile tensor, and writing the result back in raster order, is one
+``index_select`` each (``O(L * ((T+K-1)/T)^2)`` entries). Per-axis gathers followed by a tile permute
+wrote the tiled tensor three times; in ONNX Runtime the permutes alone moved 2.9 of a2mamba-n's 25.9 GB
+per batch-16 call. Tables are built once in NumPy and cached as tensors per device (while tracing, made
+afresh by :func:`.constants.constant_tables`, so a trace records them as constants).
 
 Eager inference runs the two products as custom ops (``edgevit::na_qk`` / ``edgevit::na_av``) whose FLOP
 formulas count the K x K window (what the operation is), not the padded tile, so
@@ -132,7 +135,8 @@ def axis_tiles(length: int, kernel_size: int, dilation: int, tile: int) -> AxisT
 
 @dataclass(frozen=True)
 class NAPlan:
-    """Tensors of one (H, W, K, dilation, tile): per-axis index tables (flattened) and additive masks."""
+    """Tensors of one (H, W, K, dilation, tile): flat gather tables of the tiles, per-axis bias tables
+    and additive masks. Tiles are numbered row-major (``tiles_h x tiles_w``), queries within a tile too."""
 
     height: int
     width: int
@@ -140,34 +144,47 @@ class NAPlan:
     tile: int
     tiles_h: int
     tiles_w: int
-    q_rows: Tensor  # (tiles_h * T,) int64
-    q_cols: Tensor  # (tiles_w * T,)
-    k_rows: Tensor  # (tiles_h * R,)
-    k_cols: Tensor  # (tiles_w * R,)
+    q_index: Tensor  # (tiles * T*T,) int64: token (h * W + w) of every tile's every query slot
+    k_index: Tensor  # (tiles * R*R,): token of every tile's every region key
+    out_index: Tensor  # (H * W,): tile-major slot (tile * T*T + slot) of every token
     rel_rows: Tensor  # (tiles_h * T * R,) bias row of every (query row, key row)
     rel_cols: Tensor  # (tiles_w * T * R,)
     mask_rows: Tensor  # (tiles_h, T, R) float: 0 inside the window, -inf outside
     mask_cols: Tensor  # (tiles_w, T, R)
-    slot_rows: Tensor  # (H,) tile-major query slot of every row
-    slot_cols: Tensor  # (W,)
 
     @property
     def region(self) -> int:
         return self.tile + self.kernel_size - 1
+
+    @property
+    def tiles(self) -> int:
+        return self.tiles_h * self.tiles_w
+
+
+def _tile_tokens(rows: np.ndarray, cols: np.ndarray, width: int) -> np.ndarray:
+    """Flat token index ``row * width + col`` of every (tile row, tile col, row slot, col slot) of
+    per-axis tables ``rows (th, S)`` and ``cols (tw, S)``, tile-major: ``(th * tw * S * S,)``."""
+    return (rows[:, None, :, None] * width + cols[None, :, None, :]).reshape(-1)
 
 
 @table_builder("na_plan")
 @functools.lru_cache(maxsize=256)
 def _plan_arrays(height: int, width: int, kernel_size: int, dil_h: int, dil_w: int,
                  tile: int) -> tuple[np.ndarray, ...]:
-    """The plan's tables in :class:`NAPlan` field order (index tables flattened, masks 0 / -inf)."""
+    """The plan's tables in :class:`NAPlan` field order (masks 0 / -inf)."""
     rows = axis_tiles(height, kernel_size, dil_h, tile)
     cols = axis_tiles(width, kernel_size, dil_w, tile)
-    return (*(a.reshape(-1) for a in (rows.q_pos, cols.q_pos, rows.k_pos, cols.k_pos, rows.rel, cols.rel)),
-            *(np.where(t.inside, 0.0, -np.inf) for t in (rows, cols)), rows.slot, cols.slot)
+    tiles_w = cols.q_pos.shape[0]
+    tile_of_row, slot_in_row = np.divmod(rows.slot, tile)
+    tile_of_col, slot_in_col = np.divmod(cols.slot, tile)
+    out_index = (((tile_of_row[:, None] * tiles_w + tile_of_col[None, :]) * tile + slot_in_row[:, None]) * tile
+                 + slot_in_col[None, :])
+    return (_tile_tokens(rows.q_pos, cols.q_pos, width), _tile_tokens(rows.k_pos, cols.k_pos, width),
+            out_index.reshape(-1), rows.rel.reshape(-1), cols.rel.reshape(-1),
+            *(np.where(t.inside, 0.0, -np.inf) for t in (rows, cols)))
 
 
-_PLAN_DTYPES = (torch.int64,) * 6 + (torch.float32,) * 2 + (torch.int64,) * 2
+_PLAN_DTYPES = (torch.int64,) * 5 + (torch.float32,) * 2
 _DEVICE_CACHE: dict[tuple[object, ...], NAPlan] = {}
 
 
@@ -181,104 +198,80 @@ def na_plan(height: int, width: int, kernel_size: int, dilation: tuple[int, int]
     if not in_trace and key in _DEVICE_CACHE:
         return _DEVICE_CACHE[key]
     tensors = constant_tables("na_plan", args, _PLAN_DTYPES, device)
-    region = tile + kernel_size - 1
-    plan = NAPlan(height, width, kernel_size, tile, tensors[2].shape[0] // region,
-                  tensors[3].shape[0] // region, *tensors)
+    plan = NAPlan(height, width, kernel_size, tile, tensors[5].shape[0], tensors[6].shape[0], *tensors)
     if not in_trace:
         _DEVICE_CACHE[key] = plan
     return plan
 
 
 def na_bias(plan: NAPlan, rpb: Tensor | None, heads: int, dtype: torch.dtype) -> Tensor:
-    """Additive term ``(n, th, tw, T*T, R*R)`` of the tiled logits: relative bias ``rpb (n, 2K-1, 2K-1)``
+    """Additive term ``(n, tiles, T*T, R*R)`` of the tiled logits: relative bias ``rpb (n, 2K-1, 2K-1)``
     by true offset where the key lies in the query's window, ``-inf`` elsewhere. A constant of the
     exported graph (it depends only on parameters and the plan)."""
-    th, tw, t, r = plan.tiles_h, plan.tiles_w, plan.tile, plan.region
+    tiles, t, r = plan.tiles, plan.tile, plan.region
     mask = (plan.mask_rows[:, None, :, None, :, None] + plan.mask_cols[None, :, None, :, None, :])
-    mask = mask.reshape(th, tw, t * t, r * r).to(dtype)
+    mask = mask.reshape(tiles, t * t, r * r).to(dtype)
     if rpb is None:
-        return mask.unsqueeze(0).expand(heads, -1, -1, -1, -1)
+        return mask.unsqueeze(0).expand(heads, -1, -1, -1)
     bias = rpb.index_select(1, plan.rel_rows).index_select(2, plan.rel_cols)  # (n, th*T*R, tw*T*R)
-    bias = bias.reshape(-1, t, r, tw, t, r).permute(0, 3, 1, 4, 2, 5).reshape(-1, th, tw, t * t, r * r)
+    bias = bias.reshape(-1, t, r, plan.tiles_w, t, r).permute(0, 3, 1, 4, 2, 5).reshape(-1, tiles, t * t, r * r)
     return bias.to(dtype) + mask
 
 
-def _gather_tiles(x: Tensor, plan: NAPlan, rows: Tensor, cols: Tensor, side: int) -> Tensor:
-    """``(B, n, L, D)`` -> ``(B, n, th, tw, side*side, D)``: the ``side x side`` block each tile reads
-    (its queries, or its shared key region), gathered by constant row/column tables."""
+def _gather_tokens(x: Tensor, index: Tensor, side: int) -> Tensor:
+    """``(B, n, L, D)`` -> ``(B, n, tiles, side*side, D)``: the tokens each tile reads (its queries, or
+    its shared key region), in one gather by a constant flat table (no per-axis gather + permute: each
+    would write the whole tiled tensor once more)."""
     b, n, _, dim = x.shape
-    x = x.reshape(b * n, plan.height, plan.width, dim).index_select(1, rows).index_select(2, cols)
-    x = x.reshape(b * n, plan.tiles_h, side, plan.tiles_w, side, dim).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, n, plan.tiles_h, plan.tiles_w, side * side, dim)
+    return x.reshape(b * n, -1, dim).index_select(1, index).reshape(b, n, -1, side * side, dim)
 
 
-def _tile_queries(x: Tensor, plan: NAPlan) -> Tensor:
-    return _gather_tiles(x, plan, plan.q_rows, plan.q_cols, plan.tile)
+def _untile(y: Tensor, out_index: Tensor) -> Tensor:
+    """``(B, n, tiles, T*T, D)`` -> ``(B, n, L, D)`` in raster order (repeated queries dropped)."""
+    b, n, _, _, dim = y.shape
+    return y.reshape(b * n, -1, dim).index_select(1, out_index).reshape(b, n, -1, dim)
 
 
-def _tile_regions(x: Tensor, plan: NAPlan) -> Tensor:
-    return _gather_tiles(x, plan, plan.k_rows, plan.k_cols, plan.region)
+def na_qk_tiled(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int,
+                tile: int) -> Tensor:
+    """Tiled logits ``(B, n, tiles, T*T, R*R)`` of ``q``, ``k`` (B, n, L, D) plus :func:`na_bias`
+    (``q_index`` / ``k_index``: a plan's tables)."""
+    queries = _gather_tokens(q, q_index, tile)
+    keys = _gather_tokens(k, k_index, tile + kernel_size - 1)
+    return queries @ keys.transpose(-1, -2) + bias
 
 
-def _untile(y: Tensor, plan: NAPlan) -> Tensor:
-    """``(B, n, th, tw, T*T, D)`` -> ``(B, n, L, D)`` in raster order (repeated queries dropped)."""
-    b, n, _, _, _, dim = y.shape
-    t = plan.tile
-    y = y.reshape(b * n, plan.tiles_h, plan.tiles_w, t, t, dim).permute(0, 1, 3, 2, 4, 5)
-    y = y.reshape(b * n, plan.tiles_h * t, plan.tiles_w * t, dim)
-    y = y.index_select(1, plan.slot_rows).index_select(2, plan.slot_cols)
-    return y.reshape(b, n, plan.height * plan.width, dim)
-
-
-def na_qk_tiled(q: Tensor, k: Tensor, plan: NAPlan, bias: Tensor) -> Tensor:
-    """Tiled logits ``(B, n, th, tw, T*T, R*R)`` of ``q``, ``k`` (B, n, L, D) plus :func:`na_bias`."""
-    return _tile_queries(q, plan) @ _tile_regions(k, plan).transpose(-1, -2) + bias
-
-
-def na_av_tiled(attn: Tensor, v: Tensor, plan: NAPlan) -> Tensor:
+def na_av_tiled(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor, kernel_size: int,
+                tile: int) -> Tensor:
     """``(B, n, L, D)``: each query's weighted sum of its region of ``v`` with tiled weights ``attn``."""
-    return _untile(attn @ _tile_regions(v, plan), plan)
+    return _untile(attn @ _gather_tokens(v, k_index, tile + kernel_size - 1), out_index)
 
 
 # ------------------------------------------------------------------- custom ops (eager: MAC counting)
 
 
-def _plan_args(plan: NAPlan) -> tuple[Tensor, ...]:
-    return (plan.q_rows, plan.q_cols, plan.k_rows, plan.k_cols, plan.slot_rows, plan.slot_cols)
-
-
-def _plan_from_args(args: tuple[Tensor, ...], kernel_size: int, tile: int) -> NAPlan:
-    q_rows, q_cols, k_rows, k_cols, slot_rows, slot_cols = args
-    empty = q_rows.new_empty(0)
-    return NAPlan(slot_rows.shape[0], slot_cols.shape[0], kernel_size, tile, q_rows.shape[0] // tile,
-                  q_cols.shape[0] // tile, q_rows, q_cols, k_rows, k_cols, empty, empty, empty, empty,
-                  slot_rows, slot_cols)
-
-
 @torch.library.custom_op("edgevit::na_qk", mutates_args=())
-def _na_qk_op(q: Tensor, k: Tensor, bias: Tensor, q_rows: Tensor, q_cols: Tensor, k_rows: Tensor,
-              k_cols: Tensor, slot_rows: Tensor, slot_cols: Tensor, kernel_size: int, tile: int) -> Tensor:
-    plan = _plan_from_args((q_rows, q_cols, k_rows, k_cols, slot_rows, slot_cols), kernel_size, tile)
-    return na_qk_tiled(q, k, plan, bias).contiguous()
+def _na_qk_op(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int,
+              tile: int) -> Tensor:
+    return na_qk_tiled(q, k, bias, q_index, k_index, kernel_size, tile).contiguous()
 
 
 @_na_qk_op.register_fake
-def _na_qk_fake(q: Tensor, k: Tensor, bias: Tensor, q_rows: Tensor, q_cols: Tensor, k_rows: Tensor,
-                k_cols: Tensor, slot_rows: Tensor, slot_cols: Tensor, kernel_size: int, tile: int) -> Tensor:
+def _na_qk_fake(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int,
+                tile: int) -> Tensor:
     r = tile + kernel_size - 1
-    return q.new_empty(q.shape[0], q.shape[1], q_rows.shape[0] // tile, q_cols.shape[0] // tile, tile * tile, r * r)
+    return q.new_empty(q.shape[0], q.shape[1], q_index.shape[0] // (tile * tile), tile * tile, r * r)
 
 
 @torch.library.custom_op("edgevit::na_av", mutates_args=())
-def _na_av_op(attn: Tensor, v: Tensor, q_rows: Tensor, q_cols: Tensor, k_rows: Tensor, k_cols: Tensor,
-              slot_rows: Tensor, slot_cols: Tensor, kernel_size: int, tile: int) -> Tensor:
-    plan = _plan_from_args((q_rows, q_cols, k_rows, k_cols, slot_rows, slot_cols), kernel_size, tile)
-    return na_av_tiled(attn, v, plan).contiguous()
+def _na_av_op(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor, kernel_size: int,
+              tile: int) -> Tensor:
+    return na_av_tiled(attn, v, k_index, out_index, kernel_size, tile).contiguous()
 
 
 @_na_av_op.register_fake
-def _na_av_fake(attn: Tensor, v: Tensor, q_rows: Tensor, q_cols: Tensor, k_rows: Tensor, k_cols: Tensor,
-                slot_rows: Tensor, slot_cols: Tensor, kernel_size: int, tile: int) -> Tensor:
+def _na_av_fake(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor, kernel_size: int,
+                tile: int) -> Tensor:
     return v.new_empty(v.shape)
 
 
@@ -305,17 +298,17 @@ def _plain_ops(*tensors: Tensor) -> bool:
 
 
 def na_qk(q: Tensor, k: Tensor, plan: NAPlan, rpb: Tensor | None = None) -> Tensor:
-    """Tiled neighborhood logits ``(B, n, th, tw, T*T, R*R)`` of ``q``, ``k`` (B, n, L, D) with the
+    """Tiled neighborhood logits ``(B, n, tiles, T*T, R*R)`` of ``q``, ``k`` (B, n, L, D) with the
     relative bias ``rpb`` (n, 2K-1, 2K-1); keys outside a query's window are ``-inf``. The caller
     applies the softmax over the last axis (as with NATTEN); :func:`na_av` consumes the result."""
     bias = na_bias(plan, rpb, q.shape[1], q.dtype)
     if _plain_ops(q, k, bias):
-        return na_qk_tiled(q, k, plan, bias)
-    return torch.ops.edgevit.na_qk(q, k, bias, *_plan_args(plan), plan.kernel_size, plan.tile)
+        return na_qk_tiled(q, k, bias, plan.q_index, plan.k_index, plan.kernel_size, plan.tile)
+    return torch.ops.edgevit.na_qk(q, k, bias, plan.q_index, plan.k_index, plan.kernel_size, plan.tile)
 
 
 def na_av(attn: Tensor, v: Tensor, plan: NAPlan) -> Tensor:
     """Weighted sum ``(B, n, L, D)`` of each query's window of ``v`` with the tiled weights ``attn``."""
     if _plain_ops(attn, v):
-        return na_av_tiled(attn, v, plan)
-    return torch.ops.edgevit.na_av(attn, v, *_plan_args(plan), plan.kernel_size, plan.tile)
+        return na_av_tiled(attn, v, plan.k_index, plan.out_index, plan.kernel_size, plan.tile)
+    return torch.ops.edgevit.na_av(attn, v, plan.k_index, plan.out_index, plan.kernel_size, plan.tile)

@@ -15,7 +15,7 @@ Three formulations of one function:
 
 * :func:`selective_scan_reference` - the sequential recurrence in fp64, the ground truth of the tests;
 * :func:`selective_scan_chunked` - the chunked matrix form (spec §5.2) in plain PyTorch ops: no loop,
-  so ``torch.export`` yields standard ONNX ops (CumSum/Exp/Where/MatMul) with no Loop/Scan node;
+  so ``torch.export`` yields standard ONNX ops (MatMul/Exp/Mul/ReduceSum) with no Loop/Scan node;
 * ``torch.ops.edgevit.selective_scan`` - a ``torch.library.custom_op`` whose kernel is the chunked form,
   with a fake kernel for tracing and a FLOP formula for :func:`edgevit.models.count_macs`; exporters
   that want a single custom node (a runtime plugin) enable it with :func:`use_scan_custom_op`.
@@ -40,9 +40,11 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .constants import constant_tables, table_builder
 
-# Work is O(L * chunk) per channel and the chunk-end carry recurses on L / chunk states, so small chunks
-# win: at L = 3136 a chunk of 8 (4 levels) was several times faster on CPU than 32 or 64 (2 levels).
-DEFAULT_CHUNK = 8
+# Work and the largest intermediate are O(L * chunk) per channel and the chunk-end carry recurses on
+# L / chunk states, so small chunks win: at L = 3136 a chunk of 8 (4 levels) was several times faster on CPU
+# than 32 or 64 (2 levels), and 4 (6 levels) beat 8 by 5-10 % in ONNX Runtime and OpenVINO and 2x in torch
+# eager, with a smaller peak (a2mamba-n, batch 16; 2 was slower again).
+DEFAULT_CHUNK = 4
 # MACs per (batch, channel, step, state) of the scan alone, as the official fvcore counter
 # (``flops_selective_scan_fn(with_C=False, with_D=False)`` = 7 * B * L * D * N) counts them.
 SCAN_MACS_PER_ELEMENT = 7
@@ -59,30 +61,41 @@ def discretize(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tens
     return a, x
 
 
-@table_builder("scan_triangles")
+@table_builder("scan_matrices")
 @functools.lru_cache(maxsize=32)
-def _triangle_masks_np(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``[k > s]`` as a 0/1 factor and ``[t >= s]`` as an additive 0/-inf mask over an ``n x n`` grid
-    (constants of the traced graph)."""
-    idx = np.arange(n)
-    after_s = (idx[:, None] > idx[None, :]).astype(np.float32)
-    causal = np.where(idx[:, None] >= idx[None, :], 0.0, -np.inf).astype(np.float32)
-    return after_s, causal
+def _scan_matrices_np(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Constants of an ``n``-step scan over the flattened ``(t, s)`` grid: ``segments (n, n*n)`` =
+    ``[s < k <= t]`` (``a @ segments`` = every segment sum), ``causal (n*n,)`` = 0 where ``s <= t`` and
+    ``-inf`` elsewhere, ``prefix (n, n)`` = ``[k <= t]`` (``a @ prefix`` = the inclusive cumulative sum)."""
+    k, t, s = np.ogrid[:n, :n, :n]
+    segments = ((s < k) & (k <= t)).reshape(n, n * n).astype(np.float32)
+    causal = np.where(t[0] >= s[0], 0.0, -np.inf).reshape(n * n).astype(np.float32)
+    prefix = (np.arange(n)[:, None] <= np.arange(n)[None, :]).astype(np.float32)
+    return segments, causal, prefix
 
 
 def _segsum_scan(a: Tensor, x: Tensor) -> Tensor:
-    """Inclusive scan ``h_t = exp(a_t) h_{t-1} + x_t`` over the last axis as one masked matrix product.
+    """Inclusive scan ``h_t = exp(a_t) h_{t-1} + x_t`` over the last axis (``n`` steps) without a loop.
 
-    ``h_t = sum_{s<=t} exp(seg[t, s]) x_s`` with ``seg[t, s] = sum_{k=s+1..t} a_k``. The segment sums are
-    direct cumulative sums of the masked ``a`` (no ``cumsum[t] - cumsum[s]`` difference, which cancels
-    catastrophically over long ranges), and ``s > t`` is set to ``-inf`` *before* ``exp`` so a strong
-    decay can never produce ``inf * 0 = NaN``. Both masks are constants applied by a multiply and an add,
-    not ``where``: the values are identical (``a`` is finite), and runtimes run a broadcast Mul/Add several
-    times faster than a broadcast Where (ONNX Runtime, a2mamba-n at 224: Where moved 1.7 GB/s, Mul/Add 12-16).
+    ``h_t = sum_{s<=t} exp(seg[t, s]) x_s`` with ``seg[t, s] = sum_{k=s+1..t} a_k``. All ``n^2`` segment
+    sums come from one GEMM with a constant 0/1 matrix, each a direct sum of its own terms (no
+    ``cumsum[t] - cumsum[s]`` difference, which cancels catastrophically over long ranges), and ``s > t`` is
+    set to ``-inf`` *before* ``exp`` so a strong decay can never produce ``inf * 0 = NaN``. The weighted sum
+    over ``s`` is a broadcast Mul + ReduceSum. Why this form: a masked CumSum over the ``(t, s)`` grid and a
+    batched ``n x n`` matrix-vector product are slow in ONNX Runtime and OpenVINO (small batched kernels);
+    the GEMM + Mul + ReduceSum form was 10-15 % faster end to end on a2mamba-n at batch 16 in both, and a
+    spread-and-collect GEMM form (``x @ spread``, ``@ collect``) as fast but ~40 MB heavier at its peak.
     """
-    after_s, causal = constant_tables("scan_triangles", (a.shape[-1],), (a.dtype,) * 2, a.device)
-    seg = (a.unsqueeze(-1) * after_s).cumsum(-2)  # (..., t, s)
-    return ((seg + causal).exp() @ x.unsqueeze(-1)).squeeze(-1)
+    n = a.shape[-1]
+    segments, causal, _ = constant_tables("scan_matrices", (n,), (a.dtype,) * 3, a.device)
+    decay = (a @ segments + causal).exp().unflatten(-1, (n, n))  # (..., t, s)
+    return (decay * x.unsqueeze(-2)).sum(-1)
+
+
+def _cumsum(a: Tensor) -> Tensor:
+    """Inclusive cumulative sum over the last axis (one chunk) as a GEMM with a constant triangle."""
+    prefix = constant_tables("scan_matrices", (a.shape[-1],), (a.dtype,) * 3, a.device)[2]
+    return a @ prefix
 
 
 def _chunked_scan(a: Tensor, x: Tensor, chunk: int) -> Tensor:
@@ -98,7 +111,7 @@ def _chunked_scan(a: Tensor, x: Tensor, chunk: int) -> Tensor:
     h = _segsum_scan(a, x)  # (..., nc, chunk), every chunk started from zero
     carry = _chunked_scan(a.sum(-1), h[..., -1], chunk)  # true state at the end of every chunk
     carry_in = F.pad(carry[..., :-1], (1, 0))  # state entering every chunk
-    h = h + a.cumsum(-1).exp() * carry_in.unsqueeze(-1)
+    h = h + _cumsum(a).exp() * carry_in.unsqueeze(-1)
     return h.flatten(-2)[..., :length]
 
 
