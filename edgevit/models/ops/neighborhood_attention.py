@@ -218,18 +218,22 @@ def na_bias(plan: NAPlan, rpb: Tensor | None, heads: int, dtype: torch.dtype) ->
     return bias.to(dtype) + mask
 
 
+def _take_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """``(B, n, L, D)`` -> ``(B, n, len(index), D)``: the tokens ``index`` names, in one gather."""
+    b, n, _, dim = x.shape
+    return x.reshape(b * n, -1, dim).index_select(1, index).reshape(b, n, -1, dim)
+
+
 def _gather_tokens(x: Tensor, index: Tensor, side: int) -> Tensor:
     """``(B, n, L, D)`` -> ``(B, n, tiles, side*side, D)``: the tokens each tile reads (its queries, or
     its shared key region), in one gather by a constant flat table (no per-axis gather + permute: each
     would write the whole tiled tensor once more)."""
-    b, n, _, dim = x.shape
-    return x.reshape(b * n, -1, dim).index_select(1, index).reshape(b, n, -1, side * side, dim)
+    return _take_tokens(x, index).unflatten(2, (-1, side * side))
 
 
 def _untile(y: Tensor, out_index: Tensor) -> Tensor:
     """``(B, n, tiles, T*T, D)`` -> ``(B, n, L, D)`` in raster order (repeated queries dropped)."""
-    b, n, _, _, dim = y.shape
-    return y.reshape(b * n, -1, dim).index_select(1, out_index).reshape(b, n, -1, dim)
+    return _take_tokens(y.flatten(2, 3), out_index)
 
 
 def na_qk_tiled(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int,
