@@ -65,6 +65,7 @@ def _scatter_add(n: onnx.NodeProto) -> None:
 MUTATIONS: dict[str, list[tuple[str, Callable[[onnx.NodeProto], None]]]] = {
     "CumSum": [("exclusive", _flip("exclusive", 0)), ("reverse", _flip("reverse", 0))],
     "Softplus": [("->Relu", _swap_op("Relu"))],
+    "Log": [("->Sqrt", _swap_op("Sqrt"))],
     "GridSample": [("mode=nearest", _grid_sample_mode), ("align_corners", _flip("align_corners", 0))],
     "Softmax": [("axis", _softmax_other_axis)],
     "TopK": [("largest=0", _flip("largest", 1))],

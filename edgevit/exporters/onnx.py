@@ -19,6 +19,7 @@ from torch import nn
 
 from ..artifact import ArtifactMetadata
 from ..errors import EdgevitError
+from ..models.ops.selective_scan import use_elementwise_softplus
 from ..quantization.calibration import CalibrationSource, calibration_option
 from .onnx_scan import DOMAIN as SCAN_DOMAIN
 from .onnx_scan import NODE_NAME as SCAN_NODE
@@ -144,7 +145,7 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        with scan_export_mode(options.scan), _single_output_rewrites():
+        with scan_export_mode(options.scan), use_elementwise_softplus(), _single_output_rewrites():
             program = torch.onnx.export(
                 model,
                 (example,),

@@ -40,7 +40,7 @@ FAMILIES = ("s2aformer-mini", "mat-1", "a2mamba-n", "dualformer-t", "partialform
 FAST_KINDS: dict[str, tuple[str, ...]] = {
     "s2aformer-mini": ("Softmax", "Sigmoid", "LayerNormalization", "ReduceMean", "Add", "Mul"),
     "mat-1": ("GridSample", "Softmax", "LayerNormalization", "Add", "Mul", "Erf"),
-    "a2mamba-n": ("ReduceSum", "Softplus", "Exp", "Add", "Softmax", "LayerNormalization", "Sigmoid", "Mul"),
+    "a2mamba-n": ("ReduceSum", "Log", "Exp", "Add", "Softmax", "LayerNormalization", "Sigmoid", "Mul"),
     "dualformer-t": ("GreaterOrEqual", "ReduceMax", "DepthToSpace", "Sigmoid", "Exp", "Where", "Div",
                      "LayerNormalization"),
     "partialformer-b0": ("TopK", "CumSum", "ScatterElements", "Floor", "ReduceMean", "Softmax",

@@ -8,9 +8,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgevit.models.ops.selective_scan import (
+    discretize,
     selective_scan,
     selective_scan_chunked,
     selective_scan_reference,
+    softplus_elementwise,
+    use_elementwise_softplus,
     use_scan_custom_op,
 )
 
@@ -96,3 +99,33 @@ def test_dispatch_uses_differentiable_form_under_autograd() -> None:
     assert delta.grad is not None and torch.isfinite(delta.grad).all()
     with use_scan_custom_op(), torch.no_grad():
         assert torch.equal(selective_scan(u, delta, a, bs, bias), out.detach())
+
+
+def test_elementwise_softplus_equals_softplus_at_every_magnitude() -> None:
+    # every element to a few ulps of fp64 softplus, tiny results (z << 0, where log(1 + e) rounds to 0) included
+    z = torch.cat((torch.linspace(-100.0, 100.0, 20001), torch.tensor([-88.0, -30.0, -17.0, -1e-6, 0.0, 1e-6, 19.9,
+                                                                       20.0, 20.1, 1e4])))
+    out = softplus_elementwise(z)
+    ref = torch.nn.functional.softplus(z.double())
+    assert out.dtype == torch.float32
+    subnormal_step = 2.0 ** -149  # below exp(-87) fp32 has only absolute resolution
+    assert bool(((out.double() - ref).abs() <= 4e-7 * ref + subnormal_step).all())
+
+
+def test_elementwise_softplus_is_traced_only_where_asked() -> None:
+    class Discretize(torch.nn.Module):
+        def forward(self, u, delta, a, bs, bias):
+            return discretize(u, delta, a, bs, bias)
+
+    def traced_ops() -> set[str]:
+        graph = torch.export.export(Discretize(), args).graph
+        return {str(node.target) for node in graph.nodes if node.op == "call_function"}
+
+    args = scan_inputs(1, 4, 8)
+    assert any("softplus" in op for op in traced_ops())  # ExecuTorch's export keeps the softplus node
+    with use_elementwise_softplus():
+        ops = traced_ops()
+        exported = torch.export.export(Discretize(), args).module()(*args)
+    assert not any("softplus" in op for op in ops) and any("log" in op for op in ops)
+    for x, e in zip(exported, Discretize()(*args)):
+        assert rel_err(x, e) <= 1e-6

@@ -51,11 +51,34 @@ SCAN_MACS_PER_ELEMENT = 7
 
 _CUSTOM_OP_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("edgevit_scan_custom_op",
                                                                          default=False)
+_ELEMENTWISE_SOFTPLUS: contextvars.ContextVar[bool] = contextvars.ContextVar("edgevit_elementwise_softplus",
+                                                                            default=False)
+
+
+def softplus_elementwise(z: Tensor) -> Tensor:
+    """``log(1 + exp(z))`` from elementwise ops every runtime vectorises (what exports use).
+
+    ``max(z, 0) + log1p(exp(-|z|))``: the exponential's argument is never positive (no overflow), and
+    ``log1p(e)`` is ``log(1 + e)`` with its rounding corrected (``log(u) - ((u - 1) - e) / u``, ``u = 1 + e``),
+    so a tiny ``e`` (``z < -16``, where ``1 + e`` rounds to 1) still gives ``e`` instead of 0: equal to the fp64
+    softplus to a few fp32 ulps over the whole range, including torch's ``z > 20`` branch (where it is ``z``).
+    Why not the ONNX ``Softplus`` node torch exports: ONNX Runtime runs it as a scalar loop (a2mamba-n at
+    batch 16, 1 thread: 90 ms of 1.5 s, 0.7 GB/s, plus the threshold's Greater/Where), while these ops stream
+    at memory speed (OpenVINO: no change either way).
+    """
+    e = torch.exp(-z.abs())
+    u = 1.0 + e
+    return z.clamp(min=0) + (torch.log(u) - ((u - 1.0) - e) / u)
 
 
 def discretize(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tensor) -> tuple[Tensor, Tensor]:
-    """Log-decay ``a = dt * A <= 0`` and input ``x = B * (dt * u)`` in fp32, both ``(B, C, L)``."""
-    dt = F.softplus(delta.float() + delta_bias.float().reshape(-1, 1))
+    """Log-decay ``a = dt * A <= 0`` and input ``x = B * (dt * u)`` in fp32, both ``(B, C, L)``.
+
+    The softplus is :func:`softplus_elementwise` inside :func:`use_elementwise_softplus` (the ONNX exporter),
+    torch's one kernel elsewhere."""
+    z = delta.float() + delta_bias.float().reshape(-1, 1)
+    elementwise = not torch.compiler.is_dynamo_compiling() and _ELEMENTWISE_SOFTPLUS.get()
+    dt = softplus_elementwise(z) if elementwise else F.softplus(z)
     a = dt * A.float().reshape(-1, 1)
     x = Bs.float() * (dt * u.float())
     return a, x
@@ -64,55 +87,61 @@ def discretize(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tens
 @table_builder("scan_matrices")
 @functools.lru_cache(maxsize=32)
 def _scan_matrices_np(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Constants of an ``n``-step scan over the flattened ``(t, s)`` grid: ``segments (n, n*n)`` =
-    ``[s < k <= t]`` (``a @ segments`` = every segment sum), ``causal (n*n,)`` = 0 where ``s <= t`` and
-    ``-inf`` elsewhere, ``prefix (n, n)`` = ``[k <= t]`` (``a @ prefix`` = the inclusive cumulative sum)."""
-    k, t, s = np.ogrid[:n, :n, :n]
-    segments = ((s < k) & (k <= t)).reshape(n, n * n).astype(np.float32)
-    causal = np.where(t[0] >= s[0], 0.0, -np.inf).reshape(n * n).astype(np.float32)
-    prefix = (np.arange(n)[:, None] <= np.arange(n)[None, :]).astype(np.float32)
+    """Constants of an ``n``-step scan, laid out as left operands over the step axis: ``segments
+    (n*n, n)`` = ``[s < k <= t]`` at row ``(s, t)``, column ``k`` (``segments @ a`` = every segment sum),
+    ``causal (n*n, 1)`` = 0 where ``s <= t`` and ``-inf`` elsewhere, ``prefix (n, n)`` = ``[k <= t]``
+    (``prefix @ a`` = the inclusive cumulative sum)."""
+    s, t, k = np.ogrid[:n, :n, :n]
+    segments = ((s < k) & (k <= t)).reshape(n * n, n).astype(np.float32)
+    causal = np.where(t[..., 0] >= s[..., 0], 0.0, -np.inf).reshape(n * n, 1).astype(np.float32)
+    prefix = (np.arange(n)[None, :] <= np.arange(n)[:, None]).astype(np.float32)
     return segments, causal, prefix
 
 
 def _segsum_scan(a: Tensor, x: Tensor) -> Tensor:
-    """Inclusive scan ``h_t = exp(a_t) h_{t-1} + x_t`` over the last axis (``n`` steps) without a loop.
+    """Inclusive scan ``h_t = exp(a_t) h_{t-1} + x_t`` along axis -2 (``n`` steps), for every column of
+    the last axis (``m`` independent chunks) at once, without a loop.
 
     ``h_t = sum_{s<=t} exp(seg[t, s]) x_s`` with ``seg[t, s] = sum_{k=s+1..t} a_k``. All ``n^2`` segment
     sums come from one GEMM with a constant 0/1 matrix, each a direct sum of its own terms (no
     ``cumsum[t] - cumsum[s]`` difference, which cancels catastrophically over long ranges), and ``s > t`` is
     set to ``-inf`` *before* ``exp`` so a strong decay can never produce ``inf * 0 = NaN``. The weighted sum
-    over ``s`` is a broadcast Mul + ReduceSum. Why this form: a masked CumSum over the ``(t, s)`` grid and a
-    batched ``n x n`` matrix-vector product are slow in ONNX Runtime and OpenVINO (small batched kernels);
-    the GEMM + Mul + ReduceSum form was 10-15 % faster end to end on a2mamba-n at batch 16 in both, and a
-    spread-and-collect GEMM form (``x @ spread``, ``@ collect``) as fast but ~40 MB heavier at its peak.
+    over ``s`` is a broadcast Mul + ReduceSum over ``s``. Why this layout (steps on axis -2, chunks last, ``s``
+    before ``t``): every broadcast then repeats a contiguous row of ``m`` values, and the sum runs over an outer
+    axis. With the steps last (the natural reshape of a sequence) ONNX Runtime's broadcast Mul ran on 4-float
+    spans at ~1 GB/s; with ``t`` before ``s`` its ReduceSum over the middle axis cost ~1 ms per call even on
+    tiny tensors; an Unsqueeze of the transposed ``x`` became a slow 5-D transpose (hence the reshape). The scan
+    alone, 1 thread, ONNX Runtime / OpenVINO (ms, natural layout -> this one), at a2mamba-n's stages, batch 16:
+    C 32 x L 3136: 49 -> 22 / 31 -> 25; 64 x 784: 25 -> 16 / 15 -> 16; 128 x 196: 12 -> 11 / 7 -> 9;
+    torch eager (2 threads): 59 -> 52, 32 -> 26, 15 -> 14.
     """
-    n = a.shape[-1]
+    n = a.shape[-2]
     segments, causal, _ = constant_tables("scan_matrices", (n,), (a.dtype,) * 3, a.device)
-    decay = (a @ segments + causal).exp().unflatten(-1, (n, n))  # (..., t, s)
-    return (decay * x.unsqueeze(-2)).sum(-1)
-
-
-def _cumsum(a: Tensor) -> Tensor:
-    """Inclusive cumulative sum over the last axis (one chunk) as a GEMM with a constant triangle."""
-    prefix = constant_tables("scan_matrices", (a.shape[-1],), (a.dtype,) * 3, a.device)[2]
-    return a @ prefix
+    decay = (segments @ a + causal).exp().unflatten(-2, (n, n))  # (..., s, t, m)
+    return (decay * x.reshape(*x.shape[:-1], 1, x.shape[-1])).sum(-3)
 
 
 def _chunked_scan(a: Tensor, x: Tensor, chunk: int) -> Tensor:
-    """Inclusive scan over the last axis: chunks scanned locally, chunk-end states carried recursively."""
+    """Inclusive scan over the last axis: chunks scanned locally, chunk-end states carried recursively.
+
+    The chunks are laid out steps-major, ``(..., chunk, chunks)`` (one transpose in, one out per level),
+    so that every per-chunk operation broadcasts over long contiguous rows (see :func:`_segsum_scan`).
+    """
     length = a.shape[-1]
     if length <= chunk:
-        return _segsum_scan(a, x)
+        return _segsum_scan(a.unsqueeze(-1), x.unsqueeze(-1)).squeeze(-1)
     nc = -(-length // chunk)
     pad = nc * chunk - length
     if pad:  # a = x = 0 after the end: the padded steps cannot affect earlier ones
         a, x = F.pad(a, (0, pad)), F.pad(x, (0, pad))
-    a, x = a.unflatten(-1, (nc, chunk)), x.unflatten(-1, (nc, chunk))
-    h = _segsum_scan(a, x)  # (..., nc, chunk), every chunk started from zero
-    carry = _chunked_scan(a.sum(-1), h[..., -1], chunk)  # true state at the end of every chunk
+    a = a.unflatten(-1, (nc, chunk)).transpose(-1, -2)  # (..., chunk, nc)
+    x = x.unflatten(-1, (nc, chunk)).transpose(-1, -2)
+    h = _segsum_scan(a, x)  # every chunk started from zero
+    carry = _chunked_scan(a.sum(-2), h[..., -1, :], chunk)  # true state at the end of every chunk
     carry_in = F.pad(carry[..., :-1], (1, 0))  # state entering every chunk
-    h = h + _cumsum(a).exp() * carry_in.unsqueeze(-1)
-    return h.flatten(-2)[..., :length]
+    prefix = constant_tables("scan_matrices", (chunk,), (a.dtype,) * 3, a.device)[2]
+    h = h + (prefix @ a).exp() * carry_in.unsqueeze(-2)
+    return h.transpose(-1, -2).flatten(-2)[..., :length]
 
 
 def selective_scan_chunked(
@@ -172,6 +201,19 @@ def use_scan_custom_op(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _CUSTOM_OP_ENABLED.reset(token)
+
+
+@contextmanager
+def use_elementwise_softplus(enabled: bool = True) -> Iterator[None]:
+    """Within the block, the scan's softplus traces as :func:`softplus_elementwise`. For ONNX graphs (ONNX
+    Runtime's Softplus kernel is scalar); not for ExecuTorch, whose int8 quantizer would give the decomposition's
+    adds int8 ranges (``1 + e`` in [1, 2] at steps of 1/255 moves small step sizes by far more than themselves)
+    while it leaves a softplus node in float."""
+    token = _ELEMENTWISE_SOFTPLUS.set(enabled)
+    try:
+        yield
+    finally:
+        _ELEMENTWISE_SOFTPLUS.reset(token)
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tensor) -> Tensor:
