@@ -69,7 +69,7 @@ def softplus_elementwise(z: Tensor) -> Tensor:
     """
     e = torch.exp(-z.abs())
     u = 1.0 + e
-    ratio = torch.where(u == 1.0, torch.ones_like(u), torch.log(u) / (u - 1.0))
+    ratio = torch.where(u == 1.0, 1.0, torch.log(u) / (u - 1.0))
     return z.clamp(min=0) + e * ratio
 
 
