@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from types import TracebackType
-from typing import Self
+
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -91,7 +91,7 @@ class PeakRssSampler:
         while not self._stop.wait(self.interval_s):
             self.peak = max(self.peak, current_rss_bytes())
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> PeakRssSampler:
         self.baseline = self.peak = current_rss_bytes()
         if not reset_peak_rss():
             self.sampled = True
