@@ -55,6 +55,22 @@ _ELEMENTWISE_SOFTPLUS: contextvars.ContextVar[bool] = contextvars.ContextVar("ed
                                                                             default=False)
 
 
+@contextmanager
+def _exporter_switch(switch: contextvars.ContextVar[bool], enabled: bool) -> Iterator[None]:
+    """``switch`` set to ``enabled`` within the block (an exporter's choice of how an op traces)."""
+    token = switch.set(enabled)
+    try:
+        yield
+    finally:
+        switch.reset(token)
+
+
+def _switched_on(switch: contextvars.ContextVar[bool]) -> bool:
+    """An exporter switch, read where dynamo cannot trace ``ContextVar.get`` (torch.compile, fullgraph):
+    the switches are for exporters, never for compile, so they read as off there."""
+    return not torch.compiler.is_dynamo_compiling() and switch.get()
+
+
 def softplus_elementwise(z: Tensor) -> Tensor:
     """``log(1 + exp(z))`` from elementwise ops every runtime vectorises (what ONNX exports use).
 
@@ -79,8 +95,7 @@ def discretize(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tens
     The softplus is :func:`softplus_elementwise` inside :func:`use_elementwise_softplus` (the ONNX exporter),
     torch's one kernel elsewhere."""
     z = delta.float() + delta_bias.float().reshape(-1, 1)
-    elementwise = not torch.compiler.is_dynamo_compiling() and _ELEMENTWISE_SOFTPLUS.get()
-    dt = softplus_elementwise(z) if elementwise else F.softplus(z)
+    dt = softplus_elementwise(z) if _switched_on(_ELEMENTWISE_SOFTPLUS) else F.softplus(z)
     a = dt * A.float().reshape(-1, 1)
     x = Bs.float() * (dt * u.float())
     return a, x
@@ -198,11 +213,8 @@ def use_scan_custom_op(enabled: bool = True) -> Iterator[None]:
     """Within the block, :func:`selective_scan` calls the custom op even while exporting, so the
     exported program holds one ``edgevit::selective_scan`` node (for exporters that translate it into
     a custom-domain node)."""
-    token = _CUSTOM_OP_ENABLED.set(enabled)
-    try:
+    with _exporter_switch(_CUSTOM_OP_ENABLED, enabled):
         yield
-    finally:
-        _CUSTOM_OP_ENABLED.reset(token)
 
 
 @contextmanager
@@ -211,17 +223,13 @@ def use_elementwise_softplus(enabled: bool = True) -> Iterator[None]:
     Runtime's Softplus kernel is scalar); not for ExecuTorch, whose int8 quantizer would give the decomposition's
     adds int8 ranges (``1 + e`` in [1, 2] at steps of 1/255 moves small step sizes by far more than themselves)
     while it leaves a softplus node in float."""
-    token = _ELEMENTWISE_SOFTPLUS.set(enabled)
-    try:
+    with _exporter_switch(_ELEMENTWISE_SOFTPLUS, enabled):
         yield
-    finally:
-        _ELEMENTWISE_SOFTPLUS.reset(token)
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tensor) -> Tensor:
     """The scan as models call it (see the module docstring for which form runs when)."""
-    # dynamo cannot trace ContextVar.get (torch.compile, fullgraph); the switch is for exporters, never compile
-    if not torch.compiler.is_dynamo_compiling() and _CUSTOM_OP_ENABLED.get():
+    if _switched_on(_CUSTOM_OP_ENABLED):
         return torch.ops.edgevit.selective_scan(u, delta, A, Bs, delta_bias)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, Bs, delta_bias))
     if needs_grad or torch.compiler.is_exporting():
