@@ -23,6 +23,14 @@ additive constant (relative bias where the key is in the query's window, ``-inf`
 exact NATTEN result: ``softmax`` over the region equals ``softmax`` over the window. Keys are gathered
 ``((T+K-1)/T)^2`` times instead of ``K^2`` times; logits hold ``(T+K-1)^2`` instead of ``K^2`` entries
 per query. ``T = 1`` is exactly the per-query gather. Everything stays linear in the number of tokens.
+
+**Whole-class tiles (why).** A region never needs more keys than its residue class has members
+(``m``), so it is capped at ``min(T + K - 1, m)``; and where a class is no longer than ``T + K - 1``,
+one tile per class along that axis (``T = m``) reads the same keys with the same logits per query, but
+gathers every key once instead of ``((T+K-1)/T)`` times per axis and makes each tile's GEMM bigger. The
+dilated branch hits this rule at every a2mamba-n stage at 224 (stage 1: 56 tokens, K = 11, dilation 5:
+classes of 11-12, region 12 instead of 14, 25 tiles of 12x12 queries instead of 225 of 4x4). Tiles are
+therefore ``T_h x T_w`` queries with ``R_h x R_w`` region keys, per axis.
 No intermediate has more than 6 dimensions, XNNPACK's limit (``XNN_MAX_TENSOR_DIMS``; ExecuTorch 1.5's
 partitioner accepts a 7-D permute but the delegate then fails to load).
 
@@ -83,10 +91,10 @@ class AxisTiles:
     """One axis cut into query tiles and their key regions (``nt`` tiles).
 
     ``q_pos (nt, T)``: the queries of each tile (a partial tile repeats its last query; ``q_real`` is
-    False there); ``k_pos (nt, R)``, ``R = T + K - 1``: the region's keys; ``rel (nt, T, R)``: bias
-    offset of each (query, key) pair (0 where ``inside`` is False); ``inside (nt, T, R)``: key in the
-    query's window (repeated queries' results are discarded); ``slot (length,)``:
-    where each position's query sits, ``tile * T + slot``.
+    False there); ``k_pos (nt, R)``: the region's keys (:func:`tile_sizes` gives ``T`` and ``R``);
+    ``rel (nt, T, R)``: bias offset of each (query, key) pair (0 where ``inside`` is False);
+    ``inside (nt, T, R)``: key in the query's window (repeated queries' results are discarded);
+    ``slot (length,)``: where each position's query sits, ``tile * T + slot``.
     """
 
     q_pos: np.ndarray
@@ -97,15 +105,25 @@ class AxisTiles:
     slot: np.ndarray
 
 
-@functools.lru_cache(maxsize=256)
-def axis_tiles(length: int, kernel_size: int, dilation: int, tile: int) -> AxisTiles:
-    """Tiles of ``tile`` consecutive members of each residue class, each with the region of
-    ``tile + K - 1`` class members that holds all its windows (taken from :func:`axis_window`)."""
+def tile_sizes(length: int, kernel_size: int, dilation: int, tile: int) -> tuple[int, int]:
+    """``(T, R)`` along one axis for the requested ``tile``: the region is capped at the largest residue
+    class (``m`` members), and a class no longer than ``tile + K - 1`` is one whole tile (module docs)."""
     if tile < 1:
         raise ValueError(f"neighborhood tile must be at least 1, got {tile}")
+    members = -(-length // max(int(dilation), 1))
+    if members <= tile + kernel_size - 1:
+        return members, members
+    return tile, tile + kernel_size - 1
+
+
+@functools.lru_cache(maxsize=256)
+def axis_tiles(length: int, kernel_size: int, dilation: int, tile: int) -> AxisTiles:
+    """Tiles of ``T`` consecutive members of each residue class, each with the region of ``R`` class
+    members that holds all its windows (``T``, ``R`` from :func:`tile_sizes`; windows from
+    :func:`axis_window`)."""
+    tile, span = tile_sizes(length, kernel_size, dilation, tile)
     pos, rel, valid = axis_window(length, kernel_size, dilation)
     d = max(int(dilation), 1)
-    span = tile + kernel_size - 1
     q_pos, q_real, k_pos, rels, inside = [], [], [], [], []
     slot = np.zeros(length, dtype=np.int64)
     for residue in range(min(d, length)):
@@ -136,34 +154,44 @@ def axis_tiles(length: int, kernel_size: int, dilation: int, tile: int) -> AxisT
 @dataclass(frozen=True)
 class NAPlan:
     """Tensors of one (H, W, K, dilation, tile): flat gather tables of the tiles, per-axis bias tables
-    and additive masks. Tiles are numbered row-major (``tiles_h x tiles_w``), queries within a tile too."""
+    and additive masks. Tiles are numbered row-major (``tiles_h x tiles_w``), queries within a tile
+    (``tile_h x tile_w``) and keys within a region (``region_h x region_w``) too."""
 
     height: int
     width: int
     kernel_size: int
-    tile: int
+    tile_h: int
+    tile_w: int
+    region_h: int
+    region_w: int
     tiles_h: int
     tiles_w: int
-    q_index: Tensor  # (tiles * T*T,) int64: token (h * W + w) of every tile's every query slot
-    k_index: Tensor  # (tiles * R*R,): token of every tile's every region key
-    out_index: Tensor  # (H * W,): tile-major slot (tile * T*T + slot) of every token
-    rel_rows: Tensor  # (tiles_h * T * R,) bias row of every (query row, key row)
-    rel_cols: Tensor  # (tiles_w * T * R,)
-    mask_rows: Tensor  # (tiles_h, T, R) float: 0 inside the window, -inf outside
-    mask_cols: Tensor  # (tiles_w, T, R)
-
-    @property
-    def region(self) -> int:
-        return self.tile + self.kernel_size - 1
+    q_index: Tensor  # (tiles * tile_h * tile_w,) int64: token (h * W + w) of every tile's every query slot
+    k_index: Tensor  # (tiles * region_h * region_w,): token of every tile's every region key
+    out_index: Tensor  # (H * W,): tile-major slot (tile * queries + slot) of every token
+    rel_rows: Tensor  # (tiles_h * tile_h * region_h,) bias row of every (query row, key row)
+    rel_cols: Tensor  # (tiles_w * tile_w * region_w,)
+    mask_rows: Tensor  # (tiles_h, tile_h, region_h) float: 0 inside the window, -inf outside
+    mask_cols: Tensor  # (tiles_w, tile_w, region_w)
 
     @property
     def tiles(self) -> int:
         return self.tiles_h * self.tiles_w
 
+    @property
+    def queries(self) -> int:
+        """Query slots per tile."""
+        return self.tile_h * self.tile_w
+
+    @property
+    def keys(self) -> int:
+        """Region keys per tile."""
+        return self.region_h * self.region_w
+
 
 def _tile_tokens(rows: np.ndarray, cols: np.ndarray, width: int) -> np.ndarray:
     """Flat token index ``row * width + col`` of every (tile row, tile col, row slot, col slot) of
-    per-axis tables ``rows (th, S)`` and ``cols (tw, S)``, tile-major: ``(th * tw * S * S,)``."""
+    per-axis tables ``rows (th, Sh)`` and ``cols (tw, Sw)``, tile-major: ``(th * tw * Sh * Sw,)``."""
     return (rows[:, None, :, None] * width + cols[None, :, None, :]).reshape(-1)
 
 
@@ -174,10 +202,10 @@ def _plan_arrays(height: int, width: int, kernel_size: int, dil_h: int, dil_w: i
     """The plan's tables in :class:`NAPlan` field order (masks 0 / -inf)."""
     rows = axis_tiles(height, kernel_size, dil_h, tile)
     cols = axis_tiles(width, kernel_size, dil_w, tile)
-    tiles_w = cols.q_pos.shape[0]
-    tile_of_row, slot_in_row = np.divmod(rows.slot, tile)
-    tile_of_col, slot_in_col = np.divmod(cols.slot, tile)
-    out_index = (((tile_of_row[:, None] * tiles_w + tile_of_col[None, :]) * tile + slot_in_row[:, None]) * tile
+    tiles_w, tile_h, tile_w = cols.q_pos.shape[0], rows.q_pos.shape[1], cols.q_pos.shape[1]
+    tile_of_row, slot_in_row = np.divmod(rows.slot, tile_h)
+    tile_of_col, slot_in_col = np.divmod(cols.slot, tile_w)
+    out_index = (((tile_of_row[:, None] * tiles_w + tile_of_col[None, :]) * tile_h + slot_in_row[:, None]) * tile_w
                  + slot_in_col[None, :])
     return (_tile_tokens(rows.q_pos, cols.q_pos, width), _tile_tokens(rows.k_pos, cols.k_pos, width),
             out_index.reshape(-1), rows.rel.reshape(-1), cols.rel.reshape(-1),
@@ -198,24 +226,26 @@ def na_plan(height: int, width: int, kernel_size: int, dilation: tuple[int, int]
     if not in_trace and key in _DEVICE_CACHE:
         return _DEVICE_CACHE[key]
     tensors = constant_tables("na_plan", args, _PLAN_DTYPES, device)
-    plan = NAPlan(height, width, kernel_size, tile, tensors[5].shape[0], tensors[6].shape[0], *tensors)
+    mask_rows, mask_cols = tensors[5], tensors[6]
+    plan = NAPlan(height, width, kernel_size, mask_rows.shape[1], mask_cols.shape[1], mask_rows.shape[2],
+                  mask_cols.shape[2], mask_rows.shape[0], mask_cols.shape[0], *tensors)
     if not in_trace:
         _DEVICE_CACHE[key] = plan
     return plan
 
 
 def na_bias(plan: NAPlan, rpb: Tensor | None, heads: int, dtype: torch.dtype) -> Tensor:
-    """Additive term ``(n, tiles, T*T, R*R)`` of the tiled logits: relative bias ``rpb (n, 2K-1, 2K-1)``
+    """Additive term ``(n, tiles, queries, keys)`` of the tiled logits: relative bias ``rpb (n, 2K-1, 2K-1)``
     by true offset where the key lies in the query's window, ``-inf`` elsewhere. A constant of the
     exported graph (it depends only on parameters and the plan)."""
-    tiles, t, r = plan.tiles, plan.tile, plan.region
+    th, tw, rh, rw = plan.tile_h, plan.tile_w, plan.region_h, plan.region_w
     mask = (plan.mask_rows[:, None, :, None, :, None] + plan.mask_cols[None, :, None, :, None, :])
-    mask = mask.reshape(tiles, t * t, r * r).to(dtype)
+    mask = mask.reshape(plan.tiles, plan.queries, plan.keys).to(dtype)
     if rpb is None:
         return mask.unsqueeze(0).expand(heads, -1, -1, -1)
-    bias = rpb.index_select(1, plan.rel_rows).index_select(2, plan.rel_cols)  # (n, th*T*R, tw*T*R)
-    bias = bias.reshape(-1, t, r, plan.tiles_w, t, r).permute(0, 3, 1, 4, 2, 5).reshape(-1, tiles, t * t, r * r)
-    return bias.to(dtype) + mask
+    bias = rpb.index_select(1, plan.rel_rows).index_select(2, plan.rel_cols)  # (n, tiles_h*th*rh, tiles_w*tw*rw)
+    bias = bias.reshape(-1, th, rh, plan.tiles_w, tw, rw).permute(0, 3, 1, 4, 2, 5)
+    return bias.reshape(-1, plan.tiles, plan.queries, plan.keys).to(dtype) + mask
 
 
 def _take_tokens(x: Tensor, index: Tensor) -> Tensor:
@@ -224,58 +254,51 @@ def _take_tokens(x: Tensor, index: Tensor) -> Tensor:
     return x.reshape(b * n, -1, dim).index_select(1, index).reshape(b, n, -1, dim)
 
 
-def _gather_tokens(x: Tensor, index: Tensor, side: int) -> Tensor:
-    """``(B, n, L, D)`` -> ``(B, n, tiles, side*side, D)``: the tokens each tile reads (its queries, or
+def _gather_tokens(x: Tensor, index: Tensor, per_tile: int) -> Tensor:
+    """``(B, n, L, D)`` -> ``(B, n, tiles, per_tile, D)``: the tokens each tile reads (its queries, or
     its shared key region), in one gather by a constant flat table (no per-axis gather + permute: each
     would write the whole tiled tensor once more)."""
-    return _take_tokens(x, index).unflatten(2, (-1, side * side))
+    return _take_tokens(x, index).unflatten(2, (-1, per_tile))
 
 
 def _untile(y: Tensor, out_index: Tensor) -> Tensor:
-    """``(B, n, tiles, T*T, D)`` -> ``(B, n, L, D)`` in raster order (repeated queries dropped)."""
+    """``(B, n, tiles, queries, D)`` -> ``(B, n, L, D)`` in raster order (repeated queries dropped)."""
     return _take_tokens(y.flatten(2, 3), out_index)
 
 
-def na_qk_tiled(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int,
-                tile: int) -> Tensor:
-    """Tiled logits ``(B, n, tiles, T*T, R*R)`` of ``q``, ``k`` (B, n, L, D) plus :func:`na_bias`
-    (``q_index`` / ``k_index``: a plan's tables)."""
-    queries = _gather_tokens(q, q_index, tile)
-    keys = _gather_tokens(k, k_index, tile + kernel_size - 1)
+def na_qk_tiled(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor) -> Tensor:
+    """Tiled logits ``(B, n, tiles, queries, keys)`` of ``q``, ``k`` (B, n, L, D) plus :func:`na_bias`
+    (``q_index`` / ``k_index``: a plan's tables; the tile sizes are the bias's last two axes)."""
+    queries = _gather_tokens(q, q_index, bias.shape[-2])
+    keys = _gather_tokens(k, k_index, bias.shape[-1])
     return queries @ keys.transpose(-1, -2) + bias
 
 
-def na_av_tiled(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor, kernel_size: int,
-                tile: int) -> Tensor:
+def na_av_tiled(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor) -> Tensor:
     """``(B, n, L, D)``: each query's weighted sum of its region of ``v`` with tiled weights ``attn``."""
-    return _untile(attn @ _gather_tokens(v, k_index, tile + kernel_size - 1), out_index)
+    return _untile(attn @ _gather_tokens(v, k_index, attn.shape[-1]), out_index)
 
 
 # ------------------------------------------------------------------- custom ops (eager: MAC counting)
 
 
 @torch.library.custom_op("edgevit::na_qk", mutates_args=())
-def _na_qk_op(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int,
-              tile: int) -> Tensor:
-    return na_qk_tiled(q, k, bias, q_index, k_index, kernel_size, tile).contiguous()
+def _na_qk_op(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int) -> Tensor:
+    return na_qk_tiled(q, k, bias, q_index, k_index).contiguous()
 
 
 @_na_qk_op.register_fake
-def _na_qk_fake(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int,
-                tile: int) -> Tensor:
-    r = tile + kernel_size - 1
-    return q.new_empty(q.shape[0], q.shape[1], q_index.shape[0] // (tile * tile), tile * tile, r * r)
+def _na_qk_fake(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int) -> Tensor:
+    return q.new_empty(q.shape[0], q.shape[1], *bias.shape[-3:])
 
 
 @torch.library.custom_op("edgevit::na_av", mutates_args=())
-def _na_av_op(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor, kernel_size: int,
-              tile: int) -> Tensor:
-    return na_av_tiled(attn, v, k_index, out_index, kernel_size, tile).contiguous()
+def _na_av_op(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor, kernel_size: int) -> Tensor:
+    return na_av_tiled(attn, v, k_index, out_index).contiguous()
 
 
 @_na_av_op.register_fake
-def _na_av_fake(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor, kernel_size: int,
-                tile: int) -> Tensor:
+def _na_av_fake(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor, kernel_size: int) -> Tensor:
     return v.new_empty(v.shape)
 
 
@@ -287,13 +310,13 @@ def _window_flops(x_shape: tuple[int, ...], kernel_size: int) -> int:
 
 @register_flop_formula(torch.ops.edgevit.na_qk)
 def _na_qk_flops(q_shape: tuple[int, ...], *args: object, out_shape: object = None, **kwargs: object) -> int:
-    return _window_flops(q_shape, int(args[-2]))  # args end with (kernel_size, tile)
+    return _window_flops(q_shape, int(args[-1]))  # args end with kernel_size
 
 
 @register_flop_formula(torch.ops.edgevit.na_av)
 def _na_av_flops(attn_shape: tuple[int, ...], v_shape: tuple[int, ...], *args: object, out_shape: object = None,
                  **kwargs: object) -> int:
-    return _window_flops(v_shape, int(args[-2]))
+    return _window_flops(v_shape, int(args[-1]))
 
 
 def _plain_ops(*tensors: Tensor) -> bool:
@@ -302,17 +325,17 @@ def _plain_ops(*tensors: Tensor) -> bool:
 
 
 def na_qk(q: Tensor, k: Tensor, plan: NAPlan, rpb: Tensor | None = None) -> Tensor:
-    """Tiled neighborhood logits ``(B, n, tiles, T*T, R*R)`` of ``q``, ``k`` (B, n, L, D) with the
+    """Tiled neighborhood logits ``(B, n, tiles, queries, keys)`` of ``q``, ``k`` (B, n, L, D) with the
     relative bias ``rpb`` (n, 2K-1, 2K-1); keys outside a query's window are ``-inf``. The caller
     applies the softmax over the last axis (as with NATTEN); :func:`na_av` consumes the result."""
     bias = na_bias(plan, rpb, q.shape[1], q.dtype)
     if _plain_ops(q, k, bias):
-        return na_qk_tiled(q, k, bias, plan.q_index, plan.k_index, plan.kernel_size, plan.tile)
-    return torch.ops.edgevit.na_qk(q, k, bias, plan.q_index, plan.k_index, plan.kernel_size, plan.tile)
+        return na_qk_tiled(q, k, bias, plan.q_index, plan.k_index)
+    return torch.ops.edgevit.na_qk(q, k, bias, plan.q_index, plan.k_index, plan.kernel_size)
 
 
 def na_av(attn: Tensor, v: Tensor, plan: NAPlan) -> Tensor:
     """Weighted sum ``(B, n, L, D)`` of each query's window of ``v`` with the tiled weights ``attn``."""
     if _plain_ops(attn, v):
-        return na_av_tiled(attn, v, plan.k_index, plan.out_index, plan.kernel_size, plan.tile)
-    return torch.ops.edgevit.na_av(attn, v, plan.k_index, plan.out_index, plan.kernel_size, plan.tile)
+        return na_av_tiled(attn, v, plan.k_index, plan.out_index)
+    return torch.ops.edgevit.na_av(attn, v, plan.k_index, plan.out_index, plan.kernel_size)
