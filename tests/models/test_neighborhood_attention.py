@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgevit.models.ops.neighborhood_attention import axis_tiles, axis_window, na_av, na_plan, na_qk
+from edgevit.models.ops.neighborhood_attention import axis_tiles, axis_window, na_av, na_plan, na_qk, tile_sizes
 from tests.models.a2mamba_reference import na_av_reference, na_qk_reference, neighbors, rel_err
 
 
@@ -39,6 +39,7 @@ CASES = [
     (5, 8, 7, (0, 1)),  # map smaller than the window: extension, dilation 0 -> 1
     (10, 12, 5, (3, 2)),  # dilated classes smaller than the window
     (3, 2, 11, (1, 1)),
+    (30, 12, 5, (1, 3)),  # rows in 3- or 4-query tiles, columns one whole class per tile: rectangular tiles
 ]
 
 
@@ -79,3 +80,23 @@ def test_plans_are_cached_per_size_dilation_and_tile() -> None:
     assert na_plan(20, 24, 7, (2, 3), tile=4) is a and na_plan(20, 24, 7, (2, 3), tile=2) is not a
     assert a.q_index.dtype == torch.int64 and a.k_index.shape == (a.tiles * a.keys,)
     assert sorted(a.out_index.tolist()) == a.out_index.unique().tolist()  # every token has its own slot
+
+
+@pytest.mark.parametrize("length,kernel,dil,want", [
+    (56, 11, 5, (12, 12)),  # a2mamba-n stage 1, dilated: classes of 11-12 members, one tile each
+    (56, 11, 1, (4, 14)),  # stage 1, local: 4-query tiles, region T + K - 1
+    (14, 7, 1, (14, 14)),  # stage 3, local: 14 <= 1.5 x region 10, one whole tile
+    (28, 9, 1, (4, 12)),  # stage 2, local: 28 > 1.5 x 12
+    (256, 11, 11, (4, 14)),  # 1024 input, stage 1, dilated: classes of 23-24 stay tiled
+])
+def test_tile_sizes_take_a_short_class_whole(length: int, kernel: int, dil: int, want: tuple[int, int]) -> None:
+    assert tile_sizes(length, kernel, dil, 4) == want
+
+
+def test_whole_class_tiles_read_each_key_once() -> None:
+    tiles = axis_tiles(56, 11, 5, 4)  # classes {0,5,...,55} (12 members) and four of 11
+    assert tiles.q_pos.shape == tiles.k_pos.shape == (5, 12)
+    for residue in range(5):
+        members = list(range(residue, 56, 5))
+        assert sorted(set(tiles.k_pos[residue].tolist())) == members  # the class, once (+ masked repeats)
+        assert tiles.inside[residue][:, len(members):].sum() == 0

@@ -22,15 +22,16 @@ one *region* of ``T + K - 1`` consecutive class members (clamped inward like the
 additive constant (relative bias where the key is in the query's window, ``-inf`` elsewhere) restores the
 exact NATTEN result: ``softmax`` over the region equals ``softmax`` over the window. Keys are gathered
 ``((T+K-1)/T)^2`` times instead of ``K^2`` times; logits hold ``(T+K-1)^2`` instead of ``K^2`` entries
-per query. ``T = 1`` is exactly the per-query gather. Everything stays linear in the number of tokens.
+per query. ``T = 1`` is exactly the per-query gather (on classes too long to be one tile, below). Everything stays linear in the number of tokens.
 
 **Whole-class tiles (why).** A region never needs more keys than its residue class has members
-(``m``), so it is capped at ``min(T + K - 1, m)``; and where a class is no longer than ``T + K - 1``,
-one tile per class along that axis (``T = m``) reads the same keys with the same logits per query, but
-gathers every key once instead of ``((T+K-1)/T)`` times per axis and makes each tile's GEMM bigger. The
+(``m``); where a class is no longer than ``T + K - 1``, one tile per class along that axis (``T = R = m``)
+reads the same keys with no more logits per query, but gathers every key once instead of ``(T+K-1)/T``
+times per axis and makes each tile's GEMM bigger (up to ``WHOLE_CLASS_SLACK`` times longer classes too). The
 dilated branch hits this rule at every a2mamba-n stage at 224 (stage 1: 56 tokens, K = 11, dilation 5:
 classes of 11-12, region 12 instead of 14, 25 tiles of 12x12 queries instead of 225 of 4x4). Tiles are
 therefore ``T_h x T_w`` queries with ``R_h x R_w`` region keys, per axis.
+
 No intermediate has more than 6 dimensions, XNNPACK's limit (``XNN_MAX_TENSOR_DIMS``; ExecuTorch 1.5's
 partitioner accepts a 7-D permute but the delegate then fails to load).
 
@@ -63,6 +64,14 @@ from .constants import constant_tables, table_builder, tracing
 # 2, 4 and 7 were timed at a2mamba-n's stage shapes (eager, batch 4 at 224; issue 20's closing note):
 # 4 and 7 were fastest within noise, and 4 keeps the logits at (4+K-1)^2 instead of (7+K-1)^2 per query.
 DEFAULT_TILE = 4
+
+
+# A class up to this factor longer than a region is still one whole tile: its logits per query grow (at most
+# 2.25x per 2-D tile) but its keys are gathered once and its GEMM is one. At 1.0 only classes no longer than a
+# region are whole; at 1.5 a2mamba-n's stage-3 local branch (14 tokens, K = 7, region 10) becomes one 14x14
+# tile, which ran 3 % faster in ONNX Runtime and no slower in OpenVINO (batch 16, 1 thread, interleaved; issue
+# 20, session 15). Larger maps never reach it, so memory at high resolution is unchanged.
+WHOLE_CLASS_SLACK = 1.5
 
 
 def axis_window(length: int, kernel_size: int, dilation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,12 +115,13 @@ class AxisTiles:
 
 
 def tile_sizes(length: int, kernel_size: int, dilation: int, tile: int) -> tuple[int, int]:
-    """``(T, R)`` along one axis for the requested ``tile``: the region is capped at the largest residue
-    class (``m`` members), and a class no longer than ``tile + K - 1`` is one whole tile (module docs)."""
+    """``(T, R)`` along one axis for the requested ``tile``: a residue class of ``m`` members no longer than
+    ``WHOLE_CLASS_SLACK * (tile + K - 1)`` is one whole tile (``T = R = m``; module docs), otherwise
+    ``T = tile`` with its region of ``tile + K - 1`` (no class is then shorter than the region)."""
     if tile < 1:
         raise ValueError(f"neighborhood tile must be at least 1, got {tile}")
     members = -(-length // max(int(dilation), 1))
-    if members <= tile + kernel_size - 1:
+    if members <= WHOLE_CLASS_SLACK * (tile + kernel_size - 1):
         return members, members
     return tile, tile + kernel_size - 1
 
