@@ -198,13 +198,21 @@ def _stdout_to_stderr() -> Iterator[None]:
     from nncf.common.logging import nncf_logger
 
     handlers = [h for h in nncf_logger.handlers if isinstance(h, logging.StreamHandler)]
-    streams = [h.setStream(sys.stderr) for h in handlers]
+    streams = [_swap_stream(h, sys.stderr) for h in handlers]
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
         for h, stream in zip(handlers, streams):
-            h.setStream(stream)
+            _swap_stream(h, stream)
+
+
+def _swap_stream(handler: logging.StreamHandler, stream: Any) -> Any:
+    """``handler.setStream`` without its flush of the old stream, which raises when that stream was closed
+    (NNCF's handler keeps the stdout it saw at import: a closed capture buffer in a test runner or notebook)."""
+    with handler.lock:
+        old, handler.stream = handler.stream, stream
+    return old
 
 
 def embed_preprocessing(model: Any, mean: Sequence[float], std: Sequence[float]) -> Any:

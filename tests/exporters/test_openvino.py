@@ -294,3 +294,25 @@ def test_int8_quantizes_only_convolutions_and_matmuls() -> None:
     fq = [op for op in quantized.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
     readers = {t.get_node().get_type_name() for op in fq for t in op.output(0).get_target_inputs()}
     assert fq and readers == {"Convolution"}
+
+
+@needs_nncf
+def test_nncf_output_moves_to_stderr_even_when_its_stdout_was_closed() -> None:
+    """NNCF's log handler keeps the stdout it saw at import; once that was closed (a test runner's capture
+    buffer), ``setStream``'s flush of it raised "I/O operation on closed file" and failed the quantization."""
+    import io
+    import logging
+    import sys
+
+    from nncf.common.logging import nncf_logger
+
+    closed = io.TextIOWrapper(io.BytesIO())  # as pytest's capture; a closed StringIO flushes silently
+    closed.close()
+    handler = logging.StreamHandler(closed)
+    nncf_logger.addHandler(handler)
+    try:
+        with ovx._stdout_to_stderr():
+            assert handler.stream is sys.stderr
+        assert handler.stream is closed
+    finally:
+        nncf_logger.removeHandler(handler)
