@@ -22,7 +22,8 @@ one *region* of ``T + K - 1`` consecutive class members (clamped inward like the
 additive constant (relative bias where the key is in the query's window, ``-inf`` elsewhere) restores the
 exact NATTEN result: ``softmax`` over the region equals ``softmax`` over the window. Keys are gathered
 ``((T+K-1)/T)^2`` times instead of ``K^2`` times; logits hold ``(T+K-1)^2`` instead of ``K^2`` entries
-per query. ``T = 1`` is exactly the per-query gather (on classes too long to be one tile, below). Everything stays linear in the number of tokens.
+per query. ``T = 1`` is exactly the per-query gather (on classes too long to be one tile, below).
+Everything stays linear in the number of tokens.
 
 **Whole-class tiles (why).** A region never needs more keys than its residue class has members
 (``m``); where a class is no longer than ``T + K - 1``, one tile per class along that axis (``T = R = m``)
