@@ -71,7 +71,9 @@ DEFAULT_TILE = 4
 # 2.25x per 2-D tile) but its keys are gathered once and its GEMM is one. At 1.0 only classes no longer than a
 # region are whole; at 1.5 a2mamba-n's stage-3 local branch (14 tokens, K = 7, region 10) becomes one 14x14
 # tile, which ran 3 % faster in ONNX Runtime and no slower in OpenVINO (batch 16, 1 thread, interleaved; issue
-# 20, session 15). Larger maps never reach it, so memory at high resolution is unchanged.
+# 20, session 15). The cost is memory where it applies: at 1024 the stage-2 dilated branch (classes of 15,
+# region 12) holds 225 logits per query instead of 144 (a2mamba-n's peak at batch 8 rose ~340 MB, still within
+# the paper's memory + 1 GB; docs/models/a2mamba.md).
 WHOLE_CLASS_SLACK = 1.5
 
 
