@@ -5,7 +5,10 @@ precision-sensitive ops, atomic folders and the CLI."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -300,10 +303,6 @@ def test_int8_quantizes_only_convolutions_and_matmuls() -> None:
 def test_nncf_output_moves_to_stderr_even_when_its_stdout_was_closed() -> None:
     """NNCF's log handler keeps the stdout it saw at import; once that was closed (a test runner's capture
     buffer), ``setStream``'s flush of it raised "I/O operation on closed file" and failed the quantization."""
-    import io
-    import logging
-    import sys
-
     from nncf.common.logging import nncf_logger
 
     closed = io.TextIOWrapper(io.BytesIO())  # as pytest's capture; a closed StringIO flushes silently
