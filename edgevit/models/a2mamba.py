@@ -194,6 +194,18 @@ class A2SSM(nn.Module):
         dt = dt.clamp(min=1e-4)
         self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
+    def _fuse_heads(self, states: Tensor) -> Tensor:
+        """``state_fusion`` (a 1x1 conv over the head axis of ``(B, n, L, hd)``) as one MatMul.
+
+        Why: as a Conv, ONNX Runtime pads its n (2-4) channels to the NCHWc block (16) and reorders the result
+        back; as a MatMul the mix streams at memory speed (a2mamba-n, batch 16, 1 thread: stage 1's two mixes
+        ~21 -> ~5 ms; issue 20, session 16).
+        """
+        b, n, length, hd = states.shape
+        weight = self.state_fusion.weight.view(n, n)
+        mixed = torch.matmul(weight, states.reshape(b, n, length * hd)) + self.state_fusion.bias.view(1, n, 1)
+        return mixed.view(b, n, length, hd)
+
     def forward(self, y: Tensor, nb: _Neighborhoods) -> Tensor:
         b, c, h, w = y.shape
         n, r = self.num_heads, self.dt_rank
@@ -204,7 +216,7 @@ class A2SSM(nn.Module):
         states = states.reshape(b, n, c // n, h * w).transpose(-1, -2)  # (B, n, L, hd), channel h*hd + d
         s1, s2 = states.chunk(2, dim=1)
         states = torch.cat((na_av(nb.attn1, s1, nb.plan1), na_av(nb.attn2, s2, nb.plan2)), dim=1)
-        states = self.state_fusion(states.transpose(-1, -2)).reshape(b, c, h * w)  # mixes heads
+        states = self._fuse_heads(states).transpose(-1, -2).reshape(b, c, h * w)
         return (states * cs + u * self.Ds.view(1, -1, 1)).reshape(b, c, h, w)
 
 
