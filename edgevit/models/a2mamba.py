@@ -58,10 +58,17 @@ def adaptive_dilation(length: int, kernel_size: int) -> int:
     return min(length // kernel_size, kernel_size)
 
 
-def rotate_pairs(x: Tensor) -> Tensor:
-    """``(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)`` over the last axis (RoPE's interleaved pairs)."""
-    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
-    return torch.stack((-odd, even), dim=-1).flatten(-2)
+@table_builder("pair_major_order")
+@functools.lru_cache(maxsize=32)
+def _pair_major_order_np(heads: int, head_dim: int) -> tuple[np.ndarray]:
+    """Channel order of ``heads`` heads of ``head_dim`` with each head's dims pair-major (a 1-tuple).
+
+    RoPE rotates interleaved pairs ``(2j, 2j+1)``; in pair-major order head dim ``p * hd/2 + j`` is the
+    original ``2j + p``, so the pairs' first and second members form two contiguous halves.
+    """
+    half = head_dim // 2
+    within = 2 * (np.arange(head_dim) % half) + np.arange(head_dim) // half
+    return ((np.arange(heads)[:, None] * head_dim + within[None, :]).reshape(-1),)
 
 
 @table_builder("bicubic_resize")
@@ -106,7 +113,12 @@ def resize_token_bias(bias: Tensor, size: int) -> Tensor:
 class RoPE(nn.Module):
     """2-D rotary position embedding: first half of each head's pairs turns with the row index, the
     second half with the column index, at angles ``1 / 10000^linspace(0, 1, hd/4)`` (``angle`` buffer,
-    each value repeated twice; loaded from the checkpoint)."""
+    each value repeated twice; loaded from the checkpoint).
+
+    The official rotation ``x * cos + rot(x) * sin``, ``rot(x0, x1, x2, x3, ...) = (-x1, x0, -x3, x2, ...)``,
+    runs in :class:`MASS` on q and k with their head dims in pair-major order (:func:`_pair_major_order_np`), so
+    :meth:`forward` returns the tables in that order.
+    """
 
     def __init__(self, head_dim: int) -> None:
         super().__init__()
@@ -114,12 +126,14 @@ class RoPE(nn.Module):
         self.register_buffer("angle", angle.repeat_interleave(2))
 
     def forward(self, height: int, width: int) -> tuple[Tensor, Tensor]:
-        """``(sin, cos)``, each ``(H*W, head_dim)`` in raster order."""
+        """``(sin, cos)``, each ``(head_dim, H*W)``: head dims pair-major, tokens in raster order."""
         rows = torch.arange(height, device=self.angle.device, dtype=self.angle.dtype)[:, None] * self.angle
         cols = torch.arange(width, device=self.angle.device, dtype=self.angle.dtype)[:, None] * self.angle
         half = self.angle.shape[0]
         phase = torch.cat((rows[:, None, :].expand(height, width, half),
                            cols[None, :, :].expand(height, width, half)), dim=-1).flatten(0, 1)
+        pairs = phase[:, 0::2]  # both members of a pair turn by the same angle
+        phase = torch.cat((pairs, pairs), dim=-1).t()
         return phase.sin(), phase.cos()
 
 
@@ -250,13 +264,7 @@ class MASS(nn.Module):
         b, c, h, w = x.shape
         n, hd, k = self.num_heads, self.head_dim, self.kernel_size
         gate = self.gate(x)
-        qkv = self.qkv(x)
-        lepe = self.lepe(qkv.chunk(3, dim=1)[2])
-        # one last-two-axes swap, then a split: ONNX Runtime ran the equivalent 5-D permute (moving the q/k/v axis
-        # first) ~25x slower than this 3-D transpose (a2mamba-n: 110 ms of 1.5 s per batch-16 call)
-        q, key, v = qkv.reshape(b, 3 * n, hd, h * w).transpose(-1, -2).chunk(3, dim=1)  # each (B, n, L, hd)
-        q = (q * cos + rotate_pairs(q) * sin) * self.scale
-        key = key * cos + rotate_pairs(key) * sin
+        q, key, v, lepe = self._projections(x, sin, cos)
         (q1, q2), (k1, k2), (v1, v2) = q.chunk(2, dim=1), key.chunk(2, dim=1), v.chunk(2, dim=1)
         t1 = na_plan(h, w, k, (1, 1), device=x.device)
         t2 = na_plan(h, w, k, (adaptive_dilation(h, k), adaptive_dilation(w, k)), device=x.device)
@@ -271,6 +279,36 @@ class MASS(nn.Module):
             y = self.ssm(y.transpose(-1, -2).reshape(b, c, h, w), _Neighborhoods(attn1, attn2, t1, t2))
         y = (self.norm(y.reshape(b, c, h, w)) + lepe) * gate
         return self.proj(y)
+
+    def _projections(self, x: Tensor, sin: Tensor, cos: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """q (rotated, scaled), k (rotated), v, each ``(B, n, L, hd)``, and the lepe map.
+
+        The official ``qkv`` conv and rotation (:class:`RoPE`), laid out so that no
+        op splits or permutes a short innermost axis (in the exported graph such splits and concats ran as
+        reference kernels in OpenVINO: a2mamba-n, batch 16, 1 thread, ~260 ms of 1.26 s per call; issue 20,
+        session 16):
+
+        * two convs on slices of the qkv weight, q|k and v: the lepe conv takes v as it comes (no channel split
+          of the 3C-channel output); same MACs, and the slices fold into constants at export;
+        * q and k with each head's dims in pair-major order (a permutation of the conv's output channels, the
+          same for q and k, so every q.k product is unchanged): in ``(B, 2n, 2, hd/2, L)`` the rotation swaps two
+          contiguous halves of ``hd/2 * L`` values (rotating interleaved pairs is a split and a stack
+          of size-1 slices of the last axis).
+        """
+        b, c, h, w = x.shape
+        n, hd = self.num_heads, self.head_dim
+        weight, bias = self.qkv.weight, self.qkv.bias
+        (order,) = constant_tables("pair_major_order", (2 * n, hd), (torch.long,), x.device)
+        qk = F.conv2d(x, weight.index_select(0, order), bias.index_select(0, order))
+        v = F.conv2d(x, weight[2 * c:], bias[2 * c:])
+        qk = qk.reshape(b, 2 * n, 2, hd // 2, h * w)  # (B, 2n heads: q then k, pair member, pair, L)
+        first, second = qk.chunk(2, dim=2)
+        turned = torch.cat((-second, first), dim=2)  # rot(x) in pair-major order
+        qk = (qk * cos.view(2, hd // 2, h * w) + turned * sin.view(2, hd // 2, h * w)).reshape(b, 2 * n, hd, h * w)
+        # last-two-axes swaps: ONNX Runtime ran the equivalent 5-D permute (moving the q/k/v axis first) ~25x
+        # slower than a 3-D transpose (a2mamba-n: 110 ms of 1.5 s per batch-16 call)
+        q, key = qk.transpose(-1, -2).chunk(2, dim=1)
+        return q * self.scale, key, v.reshape(b, n, hd, h * w).transpose(-1, -2), self.lepe(v)
 
     def _global_attention(self, q: Tensor, key: Tensor, v: Tensor) -> Tensor:
         """Full attention over all tokens with the learned token-index bias (resized when L != 49)."""
