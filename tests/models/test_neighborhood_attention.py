@@ -82,6 +82,21 @@ def test_plans_are_cached_per_size_dilation_and_tile() -> None:
     assert sorted(a.out_index.tolist()) == a.out_index.unique().tolist()  # every token has its own slot
 
 
+@pytest.mark.parametrize("h,w,kernel,dil,whole", [
+    (14, 14, 7, (1, 1), True),  # a2mamba-n stage 3 local: one 14x14 tile
+    (7, 7, 7, (1, 1), True),  # stage 4
+    (5, 8, 7, (0, 1), True),  # smaller than the window
+    (14, 14, 7, (2, 2), False),  # dilated: a tile per residue class
+    (28, 28, 9, (1, 1), False),  # tiled
+])
+def test_whole_map_plans_have_identity_tables(h: int, w: int, kernel: int, dil: tuple[int, int], whole: bool) -> None:
+    plan = na_plan(h, w, kernel, dil, tile=4)
+    assert plan.whole_map == whole
+    raster = list(range(h * w))
+    tables_are_raster = [t.tolist() == raster for t in (plan.q_index, plan.k_index, plan.out_index)]
+    assert tables_are_raster == [whole] * 3  # skipping the gathers is exactly right where, and only where, it is done
+
+
 @pytest.mark.parametrize("length,kernel,dil,want", [
     (56, 11, 5, (12, 12)),  # a2mamba-n stage 1, dilated: classes of 11-12 members, one tile each
     (56, 11, 1, (4, 14)),  # stage 1, local: 4-query tiles, region T + K - 1

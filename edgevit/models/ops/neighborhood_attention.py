@@ -201,6 +201,13 @@ class NAPlan:
         """Region keys per tile."""
         return self.region_h * self.region_w
 
+    @property
+    def whole_map(self) -> bool:
+        """One tile whose queries and keys are every token in raster order (a map no bigger than a region,
+        e.g. a2mamba-n's stages 3 and 4 at 224): all three gathers would be identities, so none is emitted
+        (they were 96 Gather nodes of a2mamba-n's graph)."""
+        return self.tiles == 1 and self.queries == self.keys == self.height * self.width
+
 
 def _tile_tokens(rows: np.ndarray, cols: np.ndarray, width: int) -> np.ndarray:
     """Flat token index ``row * width + col`` of every (tile row, tile col, row slot, col slot) of
@@ -261,33 +268,37 @@ def na_bias(plan: NAPlan, rpb: Tensor | None, heads: int, dtype: torch.dtype) ->
     return bias.reshape(-1, plan.tiles, plan.queries, plan.keys).to(dtype) + mask
 
 
-def _take_tokens(x: Tensor, index: Tensor) -> Tensor:
-    """``(B, n, L, D)`` -> ``(B, n, len(index), D)``: the tokens ``index`` names, in one gather."""
+def _take_tokens(x: Tensor, index: Tensor | None) -> Tensor:
+    """``(B, n, L, D)`` -> ``(B, n, len(index), D)``: the tokens ``index`` names, in one gather (``None``: all
+    of them, in order)."""
+    if index is None:
+        return x
     b, n, _, dim = x.shape
     return x.reshape(b * n, -1, dim).index_select(1, index).reshape(b, n, -1, dim)
 
 
-def _gather_tokens(x: Tensor, index: Tensor, per_tile: int) -> Tensor:
+def _gather_tokens(x: Tensor, index: Tensor | None, per_tile: int) -> Tensor:
     """``(B, n, L, D)`` -> ``(B, n, tiles, per_tile, D)``: the tokens each tile reads (its queries, or
     its shared key region), in one gather by a constant flat table (no per-axis gather + permute: each
     would write the whole tiled tensor once more)."""
     return _take_tokens(x, index).unflatten(2, (-1, per_tile))
 
 
-def _untile(y: Tensor, out_index: Tensor) -> Tensor:
+def _untile(y: Tensor, out_index: Tensor | None) -> Tensor:
     """``(B, n, tiles, queries, D)`` -> ``(B, n, L, D)`` in raster order (repeated queries dropped)."""
     return _take_tokens(y.flatten(2, 3), out_index)
 
 
-def na_qk_tiled(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor) -> Tensor:
+def na_qk_tiled(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor | None, k_index: Tensor | None) -> Tensor:
     """Tiled logits ``(B, n, tiles, queries, keys)`` of ``q``, ``k`` (B, n, L, D) plus :func:`na_bias`
-    (``q_index`` / ``k_index``: a plan's tables; the tile sizes are the bias's last two axes)."""
+    (``q_index`` / ``k_index``: a plan's tables, ``None`` for all tokens in order; the tile sizes are the
+    bias's last two axes)."""
     queries = _gather_tokens(q, q_index, bias.shape[-2])
     keys = _gather_tokens(k, k_index, bias.shape[-1])
     return queries @ keys.transpose(-1, -2) + bias
 
 
-def na_av_tiled(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor) -> Tensor:
+def na_av_tiled(attn: Tensor, v: Tensor, k_index: Tensor | None, out_index: Tensor | None) -> Tensor:
     """``(B, n, L, D)``: each query's weighted sum of its region of ``v`` with tiled weights ``attn``."""
     return _untile(attn @ _gather_tokens(v, k_index, attn.shape[-1]), out_index)
 
@@ -296,22 +307,25 @@ def na_av_tiled(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor) -> 
 
 
 @torch.library.custom_op("edgevit::na_qk", mutates_args=())
-def _na_qk_op(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int) -> Tensor:
+def _na_qk_op(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor | None, k_index: Tensor | None,
+              kernel_size: int) -> Tensor:
     return na_qk_tiled(q, k, bias, q_index, k_index).contiguous()
 
 
 @_na_qk_op.register_fake
-def _na_qk_fake(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor, k_index: Tensor, kernel_size: int) -> Tensor:
+def _na_qk_fake(q: Tensor, k: Tensor, bias: Tensor, q_index: Tensor | None, k_index: Tensor | None,
+                kernel_size: int) -> Tensor:
     return q.new_empty(q.shape[0], q.shape[1], *bias.shape[-3:])
 
 
 @torch.library.custom_op("edgevit::na_av", mutates_args=())
-def _na_av_op(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor, kernel_size: int) -> Tensor:
+def _na_av_op(attn: Tensor, v: Tensor, k_index: Tensor | None, out_index: Tensor | None, kernel_size: int) -> Tensor:
     return na_av_tiled(attn, v, k_index, out_index).contiguous()
 
 
 @_na_av_op.register_fake
-def _na_av_fake(attn: Tensor, v: Tensor, k_index: Tensor, out_index: Tensor, kernel_size: int) -> Tensor:
+def _na_av_fake(attn: Tensor, v: Tensor, k_index: Tensor | None, out_index: Tensor | None,
+                kernel_size: int) -> Tensor:
     return v.new_empty(v.shape)
 
 
@@ -337,18 +351,27 @@ def _plain_ops(*tensors: Tensor) -> bool:
     return tracing() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+def _gathers(plan: NAPlan) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The plan's ``(q_index, k_index, out_index)``, all ``None`` (no gather) on a :attr:`NAPlan.whole_map`."""
+    if plan.whole_map:
+        return None, None, None
+    return plan.q_index, plan.k_index, plan.out_index
+
+
 def na_qk(q: Tensor, k: Tensor, plan: NAPlan, rpb: Tensor | None = None) -> Tensor:
     """Tiled neighborhood logits ``(B, n, tiles, queries, keys)`` of ``q``, ``k`` (B, n, L, D) with the
     relative bias ``rpb`` (n, 2K-1, 2K-1); keys outside a query's window are ``-inf``. The caller
     applies the softmax over the last axis (as with NATTEN); :func:`na_av` consumes the result."""
     bias = na_bias(plan, rpb, q.shape[1], q.dtype)
+    q_index, k_index, _ = _gathers(plan)
     if _plain_ops(q, k, bias):
-        return na_qk_tiled(q, k, bias, plan.q_index, plan.k_index)
-    return torch.ops.edgevit.na_qk(q, k, bias, plan.q_index, plan.k_index, plan.kernel_size)
+        return na_qk_tiled(q, k, bias, q_index, k_index)
+    return torch.ops.edgevit.na_qk(q, k, bias, q_index, k_index, plan.kernel_size)
 
 
 def na_av(attn: Tensor, v: Tensor, plan: NAPlan) -> Tensor:
     """Weighted sum ``(B, n, L, D)`` of each query's window of ``v`` with the tiled weights ``attn``."""
+    _, k_index, out_index = _gathers(plan)
     if _plain_ops(attn, v):
-        return na_av_tiled(attn, v, plan.k_index, plan.out_index)
-    return torch.ops.edgevit.na_av(attn, v, plan.k_index, plan.out_index, plan.kernel_size)
+        return na_av_tiled(attn, v, k_index, out_index)
+    return torch.ops.edgevit.na_av(attn, v, k_index, out_index, plan.kernel_size)
