@@ -262,7 +262,7 @@ class MASS(nn.Module):
 
     def forward(self, x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        n, hd, k = self.num_heads, self.head_dim, self.kernel_size
+        k = self.kernel_size
         gate = self.gate(x)
         q, key, v, lepe = self._projections(x, sin, cos)
         (q1, q2), (k1, k2), (v1, v2) = q.chunk(2, dim=1), key.chunk(2, dim=1), v.chunk(2, dim=1)
@@ -283,17 +283,16 @@ class MASS(nn.Module):
     def _projections(self, x: Tensor, sin: Tensor, cos: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """q (rotated, scaled), k (rotated), v, each ``(B, n, L, hd)``, and the lepe map.
 
-        The official ``qkv`` conv and rotation (:class:`RoPE`), laid out so that no
-        op splits or permutes a short innermost axis (in the exported graph such splits and concats ran as
-        reference kernels in OpenVINO: a2mamba-n, batch 16, 1 thread, ~260 ms of 1.26 s per call; issue 20,
-        session 16):
+        The official ``qkv`` conv and rotation (:class:`RoPE`), laid out so that no op splits a short innermost
+        axis or a channel axis of a blocked layout (in the exported graph such splits and concats ran as reference
+        kernels in OpenVINO: a2mamba-n, batch 16, 1 thread, ~260 ms of 1.26 s per call; issue 20, session 16):
 
         * two convs on slices of the qkv weight, q|k and v: the lepe conv takes v as it comes (no channel split
           of the 3C-channel output); same MACs, and the slices fold into constants at export;
         * q and k with each head's dims in pair-major order (a permutation of the conv's output channels, the
           same for q and k, so every q.k product is unchanged): in ``(B, 2n, 2, hd/2, L)`` the rotation swaps two
-          contiguous halves of ``hd/2 * L`` values (rotating interleaved pairs is a split and a stack
-          of size-1 slices of the last axis).
+          contiguous halves of ``hd/2 * L`` values (rotating interleaved pairs is a split and a stack of size-1
+          slices of the last axis).
         """
         b, c, h, w = x.shape
         n, hd = self.num_heads, self.head_dim
