@@ -49,6 +49,7 @@ class ArtifactMetadata:
     weights: str = "reference(seed=0)"
     seed: int = 0
     edgevit_version: str = ""
+    source_digest: str = ""  # edgevit's source that exported it (cache.source_digest); "" in older artifacts
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_props(self) -> dict[str, str]:
@@ -120,6 +121,7 @@ _FIELD_CHECKS: tuple[tuple[str, Callable[[object], bool], str], ...] = (
     ("weights", lambda v: isinstance(v, str), "a string"),
     ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     ("edgevit_version", lambda v: isinstance(v, str), "a string"),
+    ("source_digest", lambda v: isinstance(v, str), "a string"),
 )
 
 

@@ -28,7 +28,7 @@ from .artifact import (
     output_kind,
     scratch_dir,
 )
-from .cache import cache_dir
+from .cache import cache_dir, source_digest
 from .errors import ArtifactError, EdgevitError, InputShapeError, VerificationError
 from .formats import FOLDER, FORMATS, FP32_RTOL, Format, check_precision, format_options, get_format
 from .models import create_model, get_model_card, is_generated_weights, resolve_name, weights_label
@@ -182,7 +182,7 @@ def export(model: str, to: str = "onnx", output: str | Path | None = None, optio
         model=name, input_size=size, mean=card.mean, std=card.std, batch=batch,
         output_names=tuple(net.output_names), features_only=opts.features_only,
         weights=weights_label(opts.weights, opts.seed), seed=opts.seed,
-        edgevit_version=__version__,
+        edgevit_version=__version__, source_digest=source_digest(),
         extra={"model_options": json.dumps(opts.model_options)} if opts.model_options else {},
     )
     reference = runtimes.load(net, input_size=size) if opts.verify else None
@@ -365,13 +365,15 @@ def default_rtol(meta: ArtifactMetadata | None) -> float:
 def cached_artifact(name: str, fmt: str, input_size: tuple[int, int], batch: int,
                     precision: str | None = None) -> Path:
     """A benchmark artifact of format ``fmt`` (at ``precision``; default: the format's), exported and
-    verified once into :func:`cache_dir`, reused while its metadata matches the request and this version."""
+    verified once into :func:`cache_dir`, reused while its metadata matches the request, this version and this
+    source (:func:`.cache.source_digest`)."""
     row = get_format(fmt)
     fopts = format_options(fmt, **({"precision": precision} if precision else {}))
     name = resolve_name(name)
     path = cache_dir() / row.default_name(artifact_stem(name, input_size, batch, False), fopts)
     meta = row.read_metadata(path) if path.exists() else None
-    if (meta is not None and meta.edgevit_version == __version__ and meta.model == name
+    if (meta is not None and meta.edgevit_version == __version__ and meta.source_digest == source_digest()
+            and meta.model == name
             and tuple(meta.input_size) == tuple(input_size) and meta.batch == batch
             and meta.extra.get("precision", "fp32") == row.precision(fopts)):
         return path
