@@ -22,10 +22,10 @@ def source_digest(root: Path = PACKAGE_DIR) -> str:
 
     Why: a cached benchmark artifact is reused while its metadata matches the request, and the version alone does
     not say which code exported it: a checkout edited at the same version (a model's graph changed, an exporter
-    fixed) would keep benchmarking the old graph. Every ``.py`` file counts, by path and content; bytecode caches
-    do not. Read once per process (~70 files).
+    fixed) would keep benchmarking the old graph. Every ``.py`` file counts, by path and content (bytecode, being
+    ``.pyc``, does not). Read once per process (~70 files).
     """
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts):
+    for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

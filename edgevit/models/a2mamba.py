@@ -127,13 +127,13 @@ class RoPE(nn.Module):
 
     def forward(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """``(sin, cos)``, each ``(head_dim, H*W)``: head dims pair-major, tokens in raster order."""
-        rows = torch.arange(height, device=self.angle.device, dtype=self.angle.dtype)[:, None] * self.angle
-        cols = torch.arange(width, device=self.angle.device, dtype=self.angle.dtype)[:, None] * self.angle
-        half = self.angle.shape[0]
-        phase = torch.cat((rows[:, None, :].expand(height, width, half),
-                           cols[None, :, :].expand(height, width, half)), dim=-1).flatten(0, 1)
-        pairs = phase[:, 0::2]  # both members of a pair turn by the same angle
-        phase = torch.cat((pairs, pairs), dim=-1).t()
+        per_pair = self.angle[0::2]  # the buffer repeats each pair's angle for its two members
+        rows = torch.arange(height, device=per_pair.device, dtype=per_pair.dtype)[:, None] * per_pair
+        cols = torch.arange(width, device=per_pair.device, dtype=per_pair.dtype)[:, None] * per_pair
+        quarter = per_pair.shape[0]
+        pairs = torch.cat((rows[:, None, :].expand(height, width, quarter),
+                           cols[None, :, :].expand(height, width, quarter)), dim=-1).flatten(0, 1)  # (L, hd/2)
+        phase = torch.cat((pairs, pairs), dim=-1).t()  # pair-major: first members, then second members
         return phase.sin(), phase.cos()
 
 
