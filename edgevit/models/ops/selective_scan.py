@@ -116,49 +116,57 @@ def _scan_matrices_np(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _segsum_scan(a: Tensor, x: Tensor) -> Tensor:
-    """Inclusive scan ``h_t = exp(a_t) h_{t-1} + x_t`` along axis -2 (``n`` steps), for every column of
-    the last axis (``m`` independent chunks) at once, without a loop.
+    """Inclusive scan ``h_t = exp(a_t) h_{t-1} + x_t`` along axis 0 (``n`` steps) of ``(n, m)`` tensors, for
+    every column (``m`` independent sequences) at once, without a loop.
 
     ``h_t = sum_{s<=t} exp(seg[t, s]) x_s`` with ``seg[t, s] = sum_{k=s+1..t} a_k``. All ``n^2`` segment
     sums come from one GEMM with a constant 0/1 matrix, each a direct sum of its own terms (no
     ``cumsum[t] - cumsum[s]`` difference, which cancels catastrophically over long ranges), and ``s > t`` is
     set to ``-inf`` *before* ``exp`` so a strong decay can never produce ``inf * 0 = NaN``. The weighted sum
-    over ``s`` is a broadcast Mul + ReduceSum over ``s``. Why this layout (steps on axis -2, chunks last, ``s``
-    before ``t``): every broadcast then repeats a contiguous row of ``m`` values, and the sum runs over an outer
-    axis. With the steps last (the natural reshape of a sequence) ONNX Runtime's broadcast Mul ran on 4-float
-    spans at ~1 GB/s; with ``t`` before ``s`` its ReduceSum over the middle axis cost ~1 ms per call even on
-    tiny tensors; an Unsqueeze of the transposed ``x`` became a slow 5-D transpose (hence the reshape). The scan
-    alone, 1 thread, ONNX Runtime / OpenVINO (ms, natural layout -> this one), at a2mamba-n's stages, batch 16:
-    C 32 x L 3136: 49 -> 22 / 31 -> 25; 64 x 784: 25 -> 16 / 15 -> 16; 128 x 196: 12 -> 11 / 7 -> 9;
-    torch eager (2 threads): 59 -> 52, 32 -> 26, 15 -> 14.
+    over ``s`` is a broadcast Mul + ReduceSum over ``s``.
+
+    Why steps outermost: the segment sums are then one ``(n^2, n) @ (n, m)`` GEMM over every sequence at once
+    (not thousands of batched ``n x n`` products), every broadcast repeats a contiguous row of ``m`` values and
+    the sum runs over the outermost axis. (With the steps last ONNX Runtime's broadcast Mul ran on 4-float spans
+    at ~1 GB/s; with ``t`` before ``s`` its ReduceSum over the middle axis cost ~1 ms per call even on tiny
+    tensors.)
     """
-    n = a.shape[-2]
+    n = a.shape[0]
     segments, causal, _ = constant_tables("scan_matrices", (n,), (a.dtype,) * 3, a.device)
-    decay = (segments @ a + causal).exp().unflatten(-2, (n, n))  # (..., s, t, m)
-    return (decay * x.reshape(*x.shape[:-1], 1, x.shape[-1])).sum(-3)
+    decay = (segments @ a + causal).exp().unflatten(0, (n, n))  # (s, t, m)
+    return (decay * x.unsqueeze(1)).sum(0)
 
 
 def _chunked_scan(a: Tensor, x: Tensor, chunk: int) -> Tensor:
     """Inclusive scan over the last axis: chunks scanned locally, chunk-end states carried recursively.
 
-    The chunks are laid out steps-major, ``(..., chunk, chunks)`` (one transpose in, one out per level),
-    so that every per-chunk operation broadcasts over long contiguous rows (see :func:`_segsum_scan`).
+    Each level lays its chunks out steps-outermost, ``(chunk, sequences * chunks)``, so :func:`_segsum_scan`
+    and the carry update work on long contiguous rows. Why this layout (issue 20, session 17): the
+    transposes into it move a short innermost axis outwards, which ONNX Runtime does fast at any thread count,
+    whereas the previous steps-major layout ``(..., chunk, chunks)`` needed batched ``4 x chunks`` transposes
+    of every (batch, channel) row, each a task of its thread pool: with 2 threads each such transpose cost
+    ~1-2 ms instead of ~0.05 ms. The scan alone, ONNX Runtime / OpenVINO, batch 16, 1 thread (ms, previous
+    layout -> this one): C 128 x L 196: 10.3 -> 5.4 / 9.1 -> 5.0; 64 x 784: 15.6 -> 11.9 / 16.0 -> 11.2;
+    32 x 3136: 21.5 -> 22.4 / 25.4 -> 21.0; ONNX Runtime with 2 threads, C 128 x L 196: 31.7 -> 10.5.
     """
-    length = a.shape[-1]
+    shape, length = a.shape, a.shape[-1]
+    a, x = a.reshape(-1, length), x.reshape(-1, length)
+    rows = a.shape[0]
     if length <= chunk:
-        return _segsum_scan(a.unsqueeze(-1), x.unsqueeze(-1)).squeeze(-1)
+        return _segsum_scan(a.transpose(0, 1), x.transpose(0, 1)).transpose(0, 1).reshape(shape)
     nc = -(-length // chunk)
     pad = nc * chunk - length
     if pad:  # a = x = 0 after the end: the padded steps cannot affect earlier ones
         a, x = F.pad(a, (0, pad)), F.pad(x, (0, pad))
-    a = a.unflatten(-1, (nc, chunk)).transpose(-1, -2)  # (..., chunk, nc)
-    x = x.unflatten(-1, (nc, chunk)).transpose(-1, -2)
+    a = a.reshape(rows, nc, chunk).permute(2, 0, 1).reshape(chunk, rows * nc)  # (step, sequence-major chunks)
+    x = x.reshape(rows, nc, chunk).permute(2, 0, 1).reshape(chunk, rows * nc)
     h = _segsum_scan(a, x)  # every chunk started from zero
-    carry = _chunked_scan(a.sum(-2), h[..., -1, :], chunk)  # true state at the end of every chunk
-    carry_in = F.pad(carry[..., :-1], (1, 0))  # state entering every chunk
+    carry = _chunked_scan(a.sum(0).view(rows, nc), h[-1].view(rows, nc), chunk)  # true state at every chunk end
+    carry_in = F.pad(carry[:, :-1], (1, 0)).reshape(1, rows * nc)  # state entering every chunk
     prefix = constant_tables("scan_matrices", (chunk,), (a.dtype,) * 3, a.device)[2]
-    h = h + (prefix @ a).exp() * carry_in.unsqueeze(-2)
-    return h.transpose(-1, -2).flatten(-2)[..., :length]
+    h = h + (prefix @ a).exp() * carry_in
+    h = h.view(chunk, rows, nc).permute(1, 2, 0).reshape(rows, nc * chunk)
+    return h[:, :length].reshape(shape)
 
 
 def selective_scan_chunked(
