@@ -1,4 +1,4 @@
-"""The selective scan (d_state = 1): chunked matrix form and custom op vs the sequential fp64 recurrence,
+"""The selective scan (d_state = 1): chunked form and custom op vs the sequential fp64 recurrence,
 including chunk boundaries, L = 3136 (stage 1 at 224) and decays strong enough to underflow exp."""
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def _sequential_fp64(u, delta, a, bs, bias):
 
 
 @pytest.mark.parametrize("c,length,strong", [(32, 3136, False), (48, 3136, True), (4, 1, False),
-                                              (4, 31, False), (4, 32, True), (4, 33, False), (3, 1025, False),
-                                              (2, 1100, True)])
+                                              (4, 7, True), (4, 8, False), (4, 9, True), (4, 31, False),
+                                              (4, 32, True), (4, 33, False), (4, 64, False), (4, 65, True),
+                                              (2, 513, False), (3, 1025, False), (2, 1100, True)])
 def test_chunked_equals_sequential(c: int, length: int, strong: bool) -> None:
     args = scan_inputs(2 if length < 3000 else 1, c, length, strong)
     ref = selective_scan_reference(*args)

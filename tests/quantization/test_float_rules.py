@@ -167,7 +167,7 @@ def test_xnnpack_int8_keeps_what_feeds_a_pad_float() -> None:
         def forward(self, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
             return selective_scan_chunked(u, delta, -torch.ones(4, 1), u[:, :1] * 2, torch.zeros(4))
 
-    length = 22  # 6 chunks of 4: the end is padded, and chunk-end states are carried (a front pad)
+    length = 22  # 3 chunks of 8: the end is padded, and chunk-end states are carried (a front pad)
     graph = torch.export.export(Scan(), (torch.rand(1, 4, length), torch.rand(1, 4, length))).graph
     view = fx_graph_view(graph)
     pads = [n for n in view.nodes if view.kind(n) in ("pad", "constant_pad_nd")]
@@ -177,6 +177,27 @@ def test_xnnpack_int8_keeps_what_feeds_a_pad_float() -> None:
     assert feeding <= set(kept), sorted(feeding - set(kept))
     pad_rule = [r for r in XNNPACK_CONSTRAINTS if r.op_types == ("Pad",)]
     assert pad_rule and kept_in_float(view, pad_rule) == {}  # nothing quantizable within its hops
+
+
+def test_xnnpack_int8_keeps_the_scan_recurrence_float() -> None:
+    """The scan's recurrence ``h = exp(a) h + x`` (a Mul and an Add per step of a chunk, and the carry update)
+    gets no int8 range from XNNPACK's quantizer under A2Mamba's rules: a quantized running state would carry its
+    rounding into every later step."""
+    torch = pytest.importorskip("torch")
+    from edgevit.models.ops.selective_scan import selective_scan_chunked
+    from edgevit.quantization.executorch_pt2e import fx_graph_view
+    from edgevit.quantization.float_rules import kept_in_float
+
+    class Scan(torch.nn.Module):
+        def forward(self, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+            return selective_scan_chunked(u, delta, -torch.ones(4, 1), u[:, :1] * 2, torch.zeros(4))
+
+    graph = torch.export.export(Scan(), (torch.rand(1, 4, 70), torch.rand(1, 4, 70))).graph
+    view = fx_graph_view(graph)
+    arithmetic = {view.name(n) for n in view.nodes if view.kind(n) in ("mul", "add")}
+    assert len(arithmetic) >= 2 * 7  # the recurrence over a chunk of 8 steps, at least once
+    kept = kept_in_float(view, keep_float_rules("A2Mamba"), arithmetic_quantized=True)
+    assert arithmetic <= set(kept), sorted(arithmetic - set(kept))
 
 
 def test_xnnpack_quantizer_applies_its_constraints_to_every_family() -> None:

@@ -14,8 +14,9 @@ aggregation). Shapes: ``u, delta (B, C, L)``, ``A (C, 1)`` (already ``-exp(A_log
 Three formulations of one function:
 
 * :func:`selective_scan_reference` - the sequential recurrence in fp64, the ground truth of the tests;
-* :func:`selective_scan_chunked` - the chunked matrix form (spec §5.2) in plain PyTorch ops: no loop,
-  so ``torch.export`` yields standard ONNX ops (MatMul/Exp/Mul/ReduceSum) with no Loop/Scan node;
+* :func:`selective_scan_chunked` - the chunked form (spec §5.2) in plain PyTorch ops: no loop, so
+  ``torch.export`` yields standard ONNX ops (Exp/Mul/Add/MatMul, a recurrence unrolled over one chunk's
+  steps) with no Loop/Scan node;
 * ``torch.ops.edgevit.selective_scan`` - a ``torch.library.custom_op`` whose kernel is the chunked form,
   with a fake kernel for tracing and a FLOP formula for :func:`edgevit.models.count_macs`; exporters
   that want a single custom node (a runtime plugin) enable it with :func:`use_scan_custom_op`.
@@ -40,11 +41,11 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .constants import constant_tables, table_builder
 
-# Work and the largest intermediate are O(L * chunk) per channel and the chunk-end carry recurses on
-# L / chunk states, so small chunks win: at L = 3136 a chunk of 8 (4 levels) was several times faster on CPU
-# than 32 or 64 (2 levels), and 4 (6 levels) beat 8 by 5-10 % in ONNX Runtime and OpenVINO and 2x in torch
-# eager, with a smaller peak (a2mamba-n, batch 16; 2 was slower again).
-DEFAULT_CHUNK = 4
+# Steps per chunk: the local scan is unrolled over them and the chunk-end carry recurses on L / chunk states. With
+# the unrolled recurrence (:func:`_local_scan`) 8 beat 4 and 16 in ONNX Runtime (both thread counts), OpenVINO and
+# torch eager at a2mamba-n's stage shapes (batch 16; issue 20, session 17: C 32 x L 3136, ORT 1 thread 9.7 / 9.3 /
+# 11.5 ms for 4 / 8 / 16). The earlier matrix form held an (n, n, m) decay tensor per level and preferred 4.
+DEFAULT_CHUNK = 8
 # MACs per (batch, channel, step, state) of the scan alone, as the official fvcore counter
 # (``flops_selective_scan_fn(with_C=False, with_D=False)`` = 7 * B * L * D * N) counts them.
 SCAN_MACS_PER_ELEMENT = 7
@@ -101,69 +102,60 @@ def discretize(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tens
     return a, x
 
 
-@table_builder("scan_matrices")
+@table_builder("scan_prefix")
 @functools.lru_cache(maxsize=32)
-def _scan_matrices_np(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Constants of an ``n``-step scan, laid out as left operands over the step axis: ``segments
-    (n*n, n)`` = ``[s < k <= t]`` at row ``(s, t)``, column ``k`` (``segments @ a`` = every segment sum),
-    ``causal (n*n, 1)`` = 0 where ``s <= t`` and ``-inf`` elsewhere, ``prefix (n, n)`` = ``[k <= t]``
-    (``prefix @ a`` = the inclusive cumulative sum)."""
-    s, t, k = np.ogrid[:n, :n, :n]
-    segments = ((s < k) & (k <= t)).reshape(n * n, n).astype(np.float32)
-    causal = np.where(t[..., 0] >= s[..., 0], 0.0, -np.inf).reshape(n * n, 1).astype(np.float32)
-    prefix = (np.arange(n)[None, :] <= np.arange(n)[:, None]).astype(np.float32)
-    return segments, causal, prefix
+def _scan_prefix_np(n: int) -> tuple[np.ndarray]:
+    """``prefix (n, n)`` = ``[k <= t]`` at row ``t``, column ``k``: ``prefix @ a`` is the inclusive cumulative sum
+    of ``a`` over its first axis, every entry a direct sum of its own terms (one GEMM; no running difference)."""
+    return ((np.arange(n)[None, :] <= np.arange(n)[:, None]).astype(np.float32),)
 
 
-def _segsum_scan(a: Tensor, x: Tensor) -> Tensor:
-    """Inclusive scan ``h_t = exp(a_t) h_{t-1} + x_t`` along axis 0 (``n`` steps) of ``(n, m)`` tensors, for
-    every column (``m`` independent sequences) at once, without a loop.
+def _local_scan(a: Tensor, x: Tensor) -> Tensor:
+    """Inclusive scan ``h_t = exp(a_t) h_{t-1} + x_t`` from ``h_{-1} = 0`` along axis 0 (``n`` steps) of ``(n, m)``
+    tensors, every column (``m`` independent sequences) at once: the recurrence itself, unrolled over the few
+    steps of a chunk, on rows of ``m`` contiguous values.
 
-    ``h_t = sum_{s<=t} exp(seg[t, s]) x_s`` with ``seg[t, s] = sum_{k=s+1..t} a_k``. All ``n^2`` segment
-    sums come from one GEMM with a constant 0/1 matrix, each a direct sum of its own terms (no
-    ``cumsum[t] - cumsum[s]`` difference, which cancels catastrophically over long ranges), and ``s > t`` is
-    set to ``-inf`` *before* ``exp`` so a strong decay can never produce ``inf * 0 = NaN``. The weighted sum
-    over ``s`` is a broadcast Mul + ReduceSum over ``s``.
-
-    Why steps outermost: the segment sums are then one ``(n^2, n) @ (n, m)`` GEMM over every sequence at once
-    (not thousands of batched ``n x n`` products), every broadcast repeats a contiguous row of ``m`` values and
-    the sum runs over the outermost axis. (With the steps last ONNX Runtime's broadcast Mul ran on 4-float spans
-    at ~1 GB/s; with ``t`` before ``s`` its ReduceSum over the middle axis cost ~1 ms per call even on tiny
-    tensors.)
+    Why the recurrence and not the masked matrix form (all ``n^2`` segment sums by one GEMM with a 0/1 matrix,
+    ``exp``, a broadcast Mul and a sum over ``s``): that form writes and rereads an ``(n, n, m)`` decay tensor,
+    ``n``-fold the data, where the recurrence reads each value once, and both are exact to fp32 rounding (a
+    strong decay underflows ``exp`` to 0, never to NaN). The scan alone, batch 16, 1 thread (ms, matrix form
+    with chunks of 4 -> this with chunks of 8): C 32 x L 3136: ONNX Runtime 23.0 -> 9.3, OpenVINO 22.1 -> 10.8,
+    torch eager 77 -> 13; C 128 x L 196: 5.6 -> 2.4, 5.3 -> 3.2, 9.8 -> 3.3 (issue 20, session 17).
     """
-    n = a.shape[0]
-    segments, causal, _ = constant_tables("scan_matrices", (n,), (a.dtype,) * 3, a.device)
-    decay = (segments @ a + causal).exp().unflatten(0, (n, n))  # (s, t, m)
-    return (decay * x.unsqueeze(1)).sum(0)
+    decay = a[1:].exp()  # the first step's decay multiplies h_{-1} = 0
+    states = [x[0]]
+    for step in range(1, a.shape[0]):
+        states.append(decay[step - 1] * states[-1] + x[step])
+    return torch.stack(states)
 
 
 def _chunked_scan(a: Tensor, x: Tensor, chunk: int) -> Tensor:
     """Inclusive scan over the last axis: chunks scanned locally, chunk-end states carried recursively.
 
-    Each level lays its chunks out steps-outermost, ``(chunk, sequences * chunks)``, so :func:`_segsum_scan`
+    Each level lays its chunks out steps-outermost, ``(chunk, sequences * chunks)``, so :func:`_local_scan`
     and the carry update work on long contiguous rows. Why this layout (issue 20, session 17): the
     transposes into it move a short innermost axis outwards, which ONNX Runtime does fast at any thread count,
-    whereas the previous steps-major layout ``(..., chunk, chunks)`` needed batched ``4 x chunks`` transposes
-    of every (batch, channel) row, each a task of its thread pool: with 2 threads each such transpose cost
-    ~1-2 ms instead of ~0.05 ms. The scan alone, ONNX Runtime / OpenVINO, batch 16, 1 thread (ms, previous
-    layout -> this one): C 128 x L 196: 10.3 -> 5.4 / 9.1 -> 5.0; 64 x 784: 15.6 -> 11.9 / 16.0 -> 11.2;
-    32 x 3136: 21.5 -> 22.4 / 25.4 -> 21.0; ONNX Runtime with 2 threads, C 128 x L 196: 31.7 -> 10.5.
+    whereas a steps-major layout ``(..., chunk, chunks)`` needs batched ``chunk x chunks`` transposes of every
+    (batch, channel) row, each a task of its thread pool: with 2 threads each such transpose cost ~1-2 ms
+    instead of ~0.05 ms (a2mamba-n's C 128 x L 196 scan, batch 16, ONNX Runtime: 1 thread 10.3 -> 5.4 ms,
+    2 threads 31.7 -> 10.5 ms from the layout alone).
     """
     shape, length = a.shape, a.shape[-1]
     a, x = a.reshape(-1, length), x.reshape(-1, length)
     rows = a.shape[0]
     if length <= chunk:
-        return _segsum_scan(a.transpose(0, 1), x.transpose(0, 1)).transpose(0, 1).reshape(shape)
+        return _local_scan(a.transpose(0, 1), x.transpose(0, 1)).transpose(0, 1).reshape(shape)
     nc = -(-length // chunk)
     pad = nc * chunk - length
     if pad:  # a = x = 0 after the end: the padded steps cannot affect earlier ones
         a, x = F.pad(a, (0, pad)), F.pad(x, (0, pad))
     a = a.reshape(rows, nc, chunk).permute(2, 0, 1).reshape(chunk, rows * nc)  # (step, sequence-major chunks)
     x = x.reshape(rows, nc, chunk).permute(2, 0, 1).reshape(chunk, rows * nc)
-    h = _segsum_scan(a, x)  # every chunk started from zero
-    carry = _chunked_scan(a.sum(0).view(rows, nc), h[-1].view(rows, nc), chunk)  # true state at every chunk end
-    carry_in = F.pad(carry[:, :-1], (1, 0)).reshape(1, rows * nc)  # state entering every chunk
-    prefix = constant_tables("scan_matrices", (chunk,), (a.dtype,) * 3, a.device)[2]
+    h = _local_scan(a, x)  # every chunk started from zero
+    # true state at the end of every chunk but the last (whose end state no chunk receives)
+    carry = _chunked_scan(a.sum(0).view(rows, nc)[:, :-1], h[-1].view(rows, nc)[:, :-1], chunk)
+    carry_in = F.pad(carry, (1, 0)).reshape(1, rows * nc)  # state entering every chunk
+    (prefix,) = constant_tables("scan_prefix", (chunk,), (a.dtype,), a.device)
     h = h + (prefix @ a).exp() * carry_in
     h = h.view(chunk, rows, nc).permute(1, 2, 0).reshape(rows, nc * chunk)
     return h[:, :length].reshape(shape)
@@ -172,10 +164,10 @@ def _chunked_scan(a: Tensor, x: Tensor, chunk: int) -> Tensor:
 def selective_scan_chunked(
     u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tensor, chunk: int = DEFAULT_CHUNK
 ) -> Tensor:
-    """The scan as a chunked masked matrix form (no loop; spec §5.2).
+    """The scan in chunks (no loop; spec §5.2).
 
     The sequence is cut into chunks of ``chunk`` steps; each chunk is scanned locally with
-    :func:`_segsum_scan`, the chunk-end states are carried across chunks by the same scan one level up
+    :func:`_local_scan`, the chunk-end states are carried across chunks by the same scan one level up
     (the chunk grid is itself chunked when it is longer than ``chunk``, so memory stays O(L * chunk)
     at any resolution; for L <= chunk^2 this is exactly the spec's two-level form), and every step adds
     its chunk's incoming state decayed by the in-chunk cumulative ``a``. fp32 error vs the sequential
