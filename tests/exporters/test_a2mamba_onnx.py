@@ -49,6 +49,34 @@ def test_scan_export_equals_sequential_reference(mode: str, c: int, strong: bool
     assert rel(run_ort(proto, args), selective_scan_reference(*args)) <= 1e-5
 
 
+def test_scan_export_rejects_a_break_of_any_decay_or_chunk_sum() -> None:
+    """Every Exp (a chunk's decays, the carried states' decay into a chunk) and every ReduceSum (a chunk's total
+    log-decay, carried one level up) of the exported scan matters: changed (Exp -> Softplus, sum -> mean), the
+    scan's output leaves the reference by more than verification's 1e-4. Decays are weak here (|a| ~ 0.01 per step)
+    so that states live through every carry level; in a2mamba-n's stage-3 scans (reference weights) a carried
+    state's decay moves the logits too little for whole-model verification to see (test_mutation.py's
+    KNOWN_WEAK_AT), so this is where that op is checked."""
+    g = torch.Generator().manual_seed(5)
+    c, length = 8, 784  # 98 chunks of 8 -> 13 -> 2: three carry levels
+    u, bs = torch.randn(1, c, length, generator=g), torch.randn(1, 1, length, generator=g)
+    delta = torch.randn(1, c, length, generator=g) * 0.5 - 4  # dt ~ 0.02
+    args = (u, delta, -torch.exp(torch.randn(c, 1, generator=g) - 1), bs, torch.zeros(c))
+    proto = export_selective_scan(args, "decomposed")
+    reference = selective_scan_reference(*args)
+    assert rel(run_ort(proto, args), reference) <= 1e-5
+    mutated = 0
+    for i, node in enumerate(proto.graph.node):
+        swap = {"Exp": "Softplus", "ReduceSum": "ReduceMean"}.get(node.op_type)
+        if swap is None:
+            continue
+        mutant = onnx.ModelProto()
+        mutant.CopyFrom(proto)
+        mutant.graph.node[i].op_type = swap
+        assert rel(run_ort(mutant, args), reference) > 1e-3, f"{node.op_type} #{i} -> {swap} went unseen"
+        mutated += 1
+    assert mutated >= 3 * 2 + 2  # two Exps per chunk level, a sum per carry
+
+
 @pytest.fixture(scope="module")
 def nano_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("a2mamba") / "a2mamba_nano.pth"
