@@ -68,12 +68,10 @@ FAMILY_RULES: dict[str, tuple[KeepFloat, ...]] = {
                   "the exponentials of the log-decay and its sums"),
         KeepFloat("producers", ("Exp",), "the scan's prefix sums of the log-decay (a GEMM with a constant 0/1 "
                   "matrix): one int8 step of a sum is a factor on every decay computed from it"),
-        KeepFloat("consumers", ("Exp",), "the scan's decays span many orders of magnitude; an int8 range keeps "
-                  "only the largest", hops=3),
         KeepFloat("arithmetic", (), "the scan's recurrence h = exp(a) h + x, unrolled over a chunk's steps and "
-                  "carried across chunks: an int8 range on every running state would compound step after step "
-                  "(where a quantizer takes elementwise arithmetic: XNNPACK; ONNX Runtime and OpenVINO keep it "
-                  "float anyway)"),
+                  "carried across chunks: its decays span many orders of magnitude and an int8 range on every "
+                  "running state would compound step after step (where a quantizer takes elementwise arithmetic: "
+                  "XNNPACK; ONNX Runtime and OpenVINO keep it float anyway)"),
     ),
     "DualFormer": COMMON + (
         KeepFloat("op", ("GroupConv",), "depth-wise convolutions (patch embedding, CPE, MBConv, MHPA downsample): "

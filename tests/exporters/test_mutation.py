@@ -268,6 +268,5 @@ def test_a2mamba_last_carry_mutants_are_rejected_at_224(backend: str, tmp_path_f
     path = Path(str(tmp_path_factory.getbasetemp())) / "a2mamba-n-224.onnx"
     if not path.exists():
         pipeline.export("a2mamba-n", "onnx", path, input_size=(224, 224), batch=1, rtol=RTOL)
-    for op, mutation in (("ReduceSum", "->ReduceMean"),):
-        rejected, how = verify_rejects(path, op, -1, mutation, tmp_path, backend)
-        assert rejected, f"last {op} {mutation}: verify accepted it ({how})"
+    rejected, how = verify_rejects(path, "ReduceSum", -1, "->ReduceMean", tmp_path, backend)
+    assert rejected, f"last ReduceSum ->ReduceMean: verify accepted it ({how})"
