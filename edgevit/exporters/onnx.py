@@ -21,6 +21,7 @@ from ..artifact import ArtifactMetadata
 from ..errors import EdgevitError
 from ..models.ops.selective_scan import use_elementwise_softplus
 from ..quantization.calibration import CalibrationSource, calibration_option
+from .onnx_gelu import gelu_translation
 from .onnx_scan import DOMAIN as SCAN_DOMAIN
 from .onnx_scan import NODE_NAME as SCAN_NODE
 from .onnx_scan import attach_scan_functions, check_scan_mode, scan_export_mode, translation_table
@@ -156,7 +157,7 @@ def export_onnx(model: nn.Module, path: str | Path, options: OnnxExportOptions, 
                 dynamic_shapes=dynamic_shapes,
                 optimize=True,
                 verbose=False,
-                custom_translation_table=translation_table(options.scan),
+                custom_translation_table={**translation_table(options.scan), **gelu_translation()},
             )
     proto = attach_scan_functions(program.model_proto)
     if options.simplify:
