@@ -126,7 +126,9 @@ class RoPE(nn.Module):
         self.register_buffer("angle", angle.repeat_interleave(2))
 
     def forward(self, height: int, width: int) -> tuple[Tensor, Tensor]:
-        """``(sin, cos)``, each ``(head_dim, H*W)``: head dims pair-major, tokens in raster order."""
+        """``(sin, cos)``, each ``(head_dim, H*W)``: head dims pair-major, tokens in raster order; ``sin`` negated
+        on the pairs' first members, so that ``rot(x) * sin`` is ``swap(x) * sin`` with ``swap`` exchanging the
+        two halves (no negation pass over q and k)."""
         per_pair = self.angle[0::2]  # the buffer repeats each pair's angle for its two members
         rows = torch.arange(height, device=per_pair.device, dtype=per_pair.dtype)[:, None] * per_pair
         cols = torch.arange(width, device=per_pair.device, dtype=per_pair.dtype)[:, None] * per_pair
@@ -134,7 +136,8 @@ class RoPE(nn.Module):
         pairs = torch.cat((rows[:, None, :].expand(height, width, quarter),
                            cols[None, :, :].expand(height, width, quarter)), dim=-1).flatten(0, 1)  # (L, hd/2)
         phase = torch.cat((pairs, pairs), dim=-1).t()  # pair-major: first members, then second members
-        return phase.sin(), phase.cos()
+        sign = torch.cat((-torch.ones(quarter * 2), torch.ones(quarter * 2))).to(phase)[:, None]
+        return phase.sin() * sign, phase.cos()
 
 
 class LayerScale(nn.Module):
@@ -309,9 +312,8 @@ class MASS(nn.Module):
                       bias.index_select(0, order) * qk_scale)
         v = F.conv2d(x, weight[2 * c:], bias[2 * c:])
         qk = qk.reshape(b, 2 * n, 2, hd // 2, h * w)  # (B, 2n heads: q then k, pair member, pair, L)
-        first, second = qk.chunk(2, dim=2)
-        turned = torch.cat((-second, first), dim=2)  # rot(x) in pair-major order
-        qk = (qk * cos.view(2, hd // 2, h * w) + turned * sin.view(2, hd // 2, h * w)).reshape(b, 2 * n, hd, h * w)
+        swapped = qk.flip(2)  # rot(x) = swap(x) * (-1 on first members), the sign carried by sin
+        qk = (qk * cos.view(2, hd // 2, h * w) + swapped * sin.view(2, hd // 2, h * w)).reshape(b, 2 * n, hd, h * w)
         # last-two-axes swaps: ONNX Runtime ran the equivalent 5-D permute (moving the q/k/v axis first) ~25x
         # slower than a 3-D transpose (a2mamba-n: 110 ms of 1.5 s per batch-16 call)
         return qk.transpose(-1, -2).chunk(4, dim=1), v.reshape(b, n, hd, h * w).transpose(-1, -2), self.lepe(v)
