@@ -49,6 +49,8 @@ DEFAULT_CHUNK = 8
 # MACs per (batch, channel, step, state) of the scan alone, as the official fvcore counter
 # (``flops_selective_scan_fn(with_C=False, with_D=False)`` = 7 * B * L * D * N) counts them.
 SCAN_MACS_PER_ELEMENT = 7
+# The smallest e for which 1 + e is above 1 in fp32 (one ulp at 1).
+_ULP_ABOVE_ONE = 2.0 ** -23
 
 _CUSTOM_OP_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("edgevit_scan_custom_op",
                                                                          default=False)
@@ -77,17 +79,19 @@ def softplus_elementwise(z: Tensor) -> Tensor:
 
     ``max(z, 0) + log1p(exp(-|z|))``: the exponential's argument is never positive (no overflow), and
     ``log1p(e) = e * log(u) / (u - 1)`` with ``u = 1 + e`` rounded (Goldberg's form: the ratio cancels the
-    rounding of ``u``), ``= e`` where ``u`` rounds to 1 (``z < -16``, where ``log(1 + e)`` would give 0). Equal to
-    the fp64 softplus to a few fp32 ulps over the whole range, including torch's ``z > 20`` branch (``z``). Every
-    node matters at the tolerance (no rounding-size correction term whose sign flip a mutation test could not
-    see). Why not the ONNX ``Softplus`` node torch exports: ONNX Runtime runs it as a scalar loop (a2mamba-n at
+    rounding of ``u``); where ``u`` would round to 1 (``z < -16``, where ``log(1 + e)`` would give 0) the ratio is
+    taken at ``u = 1 + 2^-23``, where it is its limit 1 to fp32 rounding. That is a clamp, not an equality test and
+    a select: ONNX Runtime ran that Where single-threaded, and the clamp form made a2mamba-n's batch-16 call 7 %
+    faster there (1 thread; issue 20, session 18). Equal to the fp64 softplus to a few fp32 ulps over the whole
+    range, including torch's ``z > 20`` branch (``z``). Every node but the clamp matters at the tolerance (no
+    rounding-size correction term whose sign flip a mutation test could not see); the clamp acts only below
+    ``z = -16``, where the softplus tests hold it. Why not the ONNX ``Softplus`` node torch exports: ONNX Runtime runs it as a scalar loop (a2mamba-n at
     batch 16, 1 thread: 90 ms of 1.5 s, 0.7 GB/s, plus the threshold's Greater/Where), while these ops stream
     at memory speed (OpenVINO: no change either way).
     """
     e = torch.exp(-z.abs())
-    u = 1.0 + e
-    ratio = torch.where(u == 1.0, 1.0, torch.log(u) / (u - 1.0))
-    return z.clamp(min=0) + e * ratio
+    u = 1.0 + e.clamp(min=_ULP_ABOVE_ONE)  # never rounds to 1: the ratio is then 1 - 2^-24 in fp32, its limit 1
+    return z.clamp(min=0) + e * (torch.log(u) / (u - 1.0))
 
 
 def discretize(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, delta_bias: Tensor) -> tuple[Tensor, Tensor]:
