@@ -84,6 +84,11 @@ KNOWN_WEAK: dict[tuple[str, str, str, str], str] = {
     # EMSNet's last C-MHSA softmax runs over a 2x2 map at 64x64, so changing its axis moves the logits by only
     # 1.8e-6 (measured); rejected at 224 (7x7 map, 2.7e-2): test_emsnet_onnx.py
     ("emsnet-xxtiny", "Softmax", "last", "axis"): "tiny last-stage attention map at 64x64, 1.8e-6 relative",
+    # The 12th Exp at 64x64 is the decay of stage 1's innermost carry scan (256 tokens: 32 chunks, their end states
+    # carried by a 3-step scan): Exp -> Softplus moved the logits 6.8e-5 (ORT) / 8.0e-5 (OpenVINO) relative
+    # (issue 20, session 18). The same break of every decay of the exported scan alone is rejected by
+    # test_a2mamba_onnx.py::test_scan_export_rejects_a_break_of_any_decay_or_chunk_sum.
+    ("a2mamba-n", "Exp", "11", "->Softplus"): "stage 1's innermost carry decay at 64x64, <= 8e-5 relative",
 }
 
 
