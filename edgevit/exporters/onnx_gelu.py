@@ -19,15 +19,20 @@ from onnxscript import ir
 from onnxscript import opset18 as op
 
 
-def _gelu(self, approximate: str = "none"):  # noqa: ANN001, ANN202 - onnxscript values, typed at trace time
-    """``aten::gelu`` with ``x * 0.5`` formed first (the order :mod:`onnxruntime` fuses)."""
-    half_x = op.Mul(self, ir.tensor(0.5, dtype=self.dtype))
+def _gelu(self, approximate: str = "none"):
+    """``aten::gelu`` with ``x * 0.5`` formed first (the order :mod:`onnxruntime` fuses). ``self`` is the
+    exporter's symbolic value (onnxscript), typed at trace time."""
+
+    def const(value: float) -> object:
+        return ir.tensor(value, dtype=self.dtype)
+
+    half_x = op.Mul(self, const(0.5))
     if approximate == "tanh":
-        cubic = op.Add(self, op.Mul(ir.tensor(0.044715, dtype=self.dtype), op.Pow(self, ir.tensor(3, dtype=self.dtype))))
-        inner = op.Tanh(op.Mul(ir.tensor(math.sqrt(2.0 / math.pi), dtype=self.dtype), cubic))
+        cubic = op.Add(self, op.Mul(const(0.044715), op.Pow(self, const(3))))
+        inner = op.Tanh(op.Mul(const(math.sqrt(2.0 / math.pi)), cubic))
     else:
-        inner = op.Erf(op.Div(self, ir.tensor(math.sqrt(2.0), dtype=self.dtype)))
-    return op.Mul(half_x, op.Add(inner, ir.tensor(1, dtype=self.dtype)))
+        inner = op.Erf(op.Div(self, const(math.sqrt(2.0))))
+    return op.Mul(half_x, op.Add(inner, const(1)))
 
 
 def gelu_translation() -> dict[Callable, Callable]:

@@ -85,9 +85,9 @@ def softplus_elementwise(z: Tensor) -> Tensor:
     faster there (1 thread; issue 20, session 18). Equal to the fp64 softplus to a few fp32 ulps over the whole
     range, including torch's ``z > 20`` branch (``z``). Every node but the clamp matters at the tolerance (no
     rounding-size correction term whose sign flip a mutation test could not see); the clamp acts only below
-    ``z = -16``, where the softplus tests hold it. Why not the ONNX ``Softplus`` node torch exports: ONNX Runtime runs it as a scalar loop (a2mamba-n at
-    batch 16, 1 thread: 90 ms of 1.5 s, 0.7 GB/s, plus the threshold's Greater/Where), while these ops stream
-    at memory speed (OpenVINO: no change either way).
+    ``z = -16``, where the softplus tests hold it. Why not the ONNX ``Softplus`` node torch exports: ONNX
+    Runtime runs it as a scalar loop (a2mamba-n at batch 16, 1 thread: 90 ms of 1.5 s, 0.7 GB/s, plus the
+    threshold's Greater/Where), while these ops stream at memory speed (OpenVINO: no change either way).
     """
     e = torch.exp(-z.abs())
     u = 1.0 + e.clamp(min=_ULP_ABOVE_ONE)  # never rounds to 1: the ratio is then 1 - 2^-24 in fp32, its limit 1
