@@ -136,8 +136,8 @@ class RoPE(nn.Module):
         pairs = torch.cat((rows[:, None, :].expand(height, width, quarter),
                            cols[None, :, :].expand(height, width, quarter)), dim=-1).flatten(0, 1)  # (L, hd/2)
         phase = torch.cat((pairs, pairs), dim=-1).t()  # pair-major: first members, then second members
-        sign = torch.cat((-torch.ones(quarter * 2), torch.ones(quarter * 2))).to(phase)[:, None]
-        return phase.sin() * sign, phase.cos()
+        sin = phase.sin()
+        return torch.cat((-sin[: 2 * quarter], sin[2 * quarter:])), phase.cos()
 
 
 class LayerScale(nn.Module):
@@ -267,8 +267,8 @@ class MASS(nn.Module):
         b, c, h, w = x.shape
         k = self.kernel_size
         gate = self.gate(x)
-        (q1, q2, k1, k2), v, lepe = self._projections(x, sin, cos)
-        v1, v2 = v.chunk(2, dim=1)
+        qk, v, lepe = self._projections(x, sin, cos)
+        (q1, q2, k1, k2), (v1, v2) = qk.chunk(4, dim=1), v.chunk(2, dim=1)
         t1 = na_plan(h, w, k, (1, 1), device=x.device)
         t2 = na_plan(h, w, k, (adaptive_dilation(h, k), adaptive_dilation(w, k)), device=x.device)
         attn1 = torch.softmax(na_qk(q1, k1, t1, self.rpb[0]), dim=-1)
@@ -277,16 +277,15 @@ class MASS(nn.Module):
         y2 = na_av(attn2, y1 + v2, t2)  # DLA aggregates SLA's output plus its own values
         y = torch.cat((y1, y2), dim=1)  # (B, n, L, hd)
         if self.global_mode:
-            y = self._global_attention(torch.cat((q1, q2), dim=1), torch.cat((k1, k2), dim=1), y)
+            y = self._global_attention(*qk.chunk(2, dim=1), y)
         else:
             y = self.ssm(y.transpose(-1, -2).reshape(b, c, h, w), _Neighborhoods(attn1, attn2, t1, t2))
         y = (self.norm(y.reshape(b, c, h, w)) + lepe) * gate
         return self.proj(y)
 
-    def _projections(self, x: Tensor, sin: Tensor,
-                     cos: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Tensor, Tensor]:
-        """``(q1, q2, k1, k2)`` (q rotated and scaled, k rotated; the SLA's and the DLA's n/2 heads each), v, all
-        ``(B, heads, L, hd)``, and the lepe map.
+    def _projections(self, x: Tensor, sin: Tensor, cos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q and k as one ``(B, 2n, L, hd)`` (q's n heads rotated and scaled, then k's n rotated), v ``(B, n, L, hd)``,
+        and the lepe map.
 
         The official ``qkv`` conv and rotation (:class:`RoPE`), laid out so that no op splits a short innermost
         axis or a channel axis of a blocked layout (in the exported graph such splits and concats ran as reference
@@ -295,8 +294,8 @@ class MASS(nn.Module):
         * two convs on slices of the qkv weight, q|k and v: the lepe conv takes v as it comes (no channel split
           of the 3C-channel output); same MACs, and the slices fold into constants at export;
         * q's scale folded into its rows of the conv (the rotation is linear: rotating the scaled q is scaling
-          the rotated q), and q and k cut into the branches' head groups by one split: a pass over q and two
-          copies of q and k fewer (ONNX Runtime and OpenVINO copy at every split; a2mamba-n, batch 16, 1 thread,
+          the rotated q), and q and k returned as one tensor, cut into the branches' head groups by one split: a
+          pass over q and two copies of q and k fewer (ONNX Runtime and OpenVINO copy at every split; a2mamba-n, batch 16, 1 thread,
           interleaved: ORT 0.785 -> 0.748 s, OpenVINO 0.919 -> 0.876 s per call; issue 20, session 18);
         * q and k with each head's dims in pair-major order (a permutation of the conv's output channels, the
           same for q and k, so every q.k product is unchanged): in ``(B, 2n, 2, hd/2, L)`` the rotation swaps two
@@ -316,7 +315,7 @@ class MASS(nn.Module):
         qk = (qk * cos.view(2, hd // 2, h * w) + swapped * sin.view(2, hd // 2, h * w)).reshape(b, 2 * n, hd, h * w)
         # last-two-axes swaps: ONNX Runtime ran the equivalent 5-D permute (moving the q/k/v axis first) ~25x
         # slower than a 3-D transpose (a2mamba-n: 110 ms of 1.5 s per batch-16 call)
-        return qk.transpose(-1, -2).chunk(4, dim=1), v.reshape(b, n, hd, h * w).transpose(-1, -2), self.lepe(v)
+        return qk.transpose(-1, -2), v.reshape(b, n, hd, h * w).transpose(-1, -2), self.lepe(v)
 
     def _global_attention(self, q: Tensor, key: Tensor, v: Tensor) -> Tensor:
         """Full attention over all tokens with the learned token-index bias (resized when L != 49)."""

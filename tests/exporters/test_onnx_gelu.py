@@ -6,7 +6,6 @@ import collections
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 
 from edgevit.artifact import ArtifactMetadata
 from edgevit.exporters import OnnxExportOptions, export_onnx
+from tests.ort_support import ort_optimized_graph
 
 
 class _ConvGelu(nn.Module):
@@ -36,15 +36,6 @@ def _export(tmp_path: Path, approximate: str) -> tuple[nn.Module, Path]:
     return model, export_onnx(model, tmp_path / f"gelu-{approximate}.onnx", OnnxExportOptions((8, 8), 2), meta)
 
 
-def _ort_node_types(path: Path, tmp_path: Path) -> collections.Counter[str]:
-    """Node types of the graph ONNX Runtime actually runs (after its own fusions)."""
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-
-
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_exported_gelu_equals_torch(approximate: str, tmp_path: Path) -> None:
     model, path = _export(tmp_path, approximate)
@@ -59,5 +50,5 @@ def test_exported_gelu_equals_torch(approximate: str, tmp_path: Path) -> None:
 def test_onnxruntime_fuses_the_exported_gelu(tmp_path: Path) -> None:
     """The exporter's own order (``x * (0.5 * (1 + erf))``) left Div, Erf, Add, Mul, Mul in ORT's graph."""
     _, path = _export(tmp_path, "none")
-    ran = _ort_node_types(path, tmp_path)
+    ran = collections.Counter(n.op_type for n in ort_optimized_graph(path, tmp_path / "optimized.onnx").node)
     assert ran["Gelu"] == 1 and ran["Erf"] == 0, ran

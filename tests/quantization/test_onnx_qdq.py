@@ -18,6 +18,7 @@ from edgevit.quantization.accuracy import AgreementReport
 from edgevit.quantization.calibration import CalibrationSource
 from edgevit.quantization.onnx_qdq import quantize_qdq
 from tests.openvino_support import small_size
+from tests.ort_support import ort_optimized_graph
 
 _FP32: dict[str, Path] = {}
 
@@ -43,11 +44,8 @@ def test_s2aformer_convolutions_run_as_integer_kernels(tmp_path_factory: pytest.
         p.key: p.value for p in model.metadata_props}.items()
     # ONNX Runtime fuses every quantized Conv into QLinearConv (u8 activations, s8 weights); with int8
     # activations most of them would stay float Convs on dequantized inputs, slower than fp32
-    opts = ort.SessionOptions()
-    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    ort.InferenceSession(str(dst), opts, providers=["CPUExecutionProvider"])
-    kinds = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    graph = ort_optimized_graph(dst, tmp_path / "optimized.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    kinds = [n.op_type for n in graph.node]
     n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(src)).graph.node)
     assert kinds.count("QLinearConv") == n_conv and "Conv" not in kinds
     # the kept nodes (the classifier head here) keep float weights

@@ -49,8 +49,6 @@ DEFAULT_CHUNK = 8
 # MACs per (batch, channel, step, state) of the scan alone, as the official fvcore counter
 # (``flops_selective_scan_fn(with_C=False, with_D=False)`` = 7 * B * L * D * N) counts them.
 SCAN_MACS_PER_ELEMENT = 7
-# The smallest e for which 1 + e is above 1 in fp32 (one ulp at 1).
-_ULP_ABOVE_ONE = 2.0 ** -23
 
 _CUSTOM_OP_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("edgevit_scan_custom_op",
                                                                          default=False)
@@ -90,7 +88,7 @@ def softplus_elementwise(z: Tensor) -> Tensor:
     threshold's Greater/Where), while these ops stream at memory speed (OpenVINO: no change either way).
     """
     e = torch.exp(-z.abs())
-    u = 1.0 + e.clamp(min=_ULP_ABOVE_ONE)  # never rounds to 1: the ratio is then 1 - 2^-24 in fp32, its limit 1
+    u = 1.0 + e.clamp(min=torch.finfo(e.dtype).eps)  # never rounds to 1: the ratio there is its limit 1 to rounding
     return z.clamp(min=0) + e * (torch.log(u) / (u - 1.0))
 
 
