@@ -15,6 +15,12 @@ from edgevit.formats import format_options
 from tests.openvino_support import smallest_per_family
 
 SIZE, IMAGES = 128, 200  # the table's setting (README "INT8 measurements")
+# PartialFormer's output is discontinuous in its token selection (a token that changes side goes through MMSA
+# instead of SQA); at 128x128 its last blocks hold 64 and 16 tokens. With the reference weights a relative weight
+# noise of 1e-2 (int8's kind) leaves 73 % decisive agreement, and its int8 ONNX export measured 67 %
+# (docs/models/partialformer.md, "INT8 at small inputs"): at 128 the gate judges the selection's ties, not the
+# quantization. It is judged at 224, the README table's size, where it measured 97 %.
+SIZE_OF = {"partialformer-b0": 224}
 
 
 @pytest.mark.slow
@@ -24,7 +30,7 @@ def test_int8_export_passes_the_agreement_gate(name: str, to: str, tmp_path: Pat
     if to == "openvino" and importlib.util.find_spec("nncf") is None:
         pytest.skip("OpenVINO int8 needs nncf")
     out = tmp_path / ("q.onnx" if to == "onnx" else "q")
-    report = pipeline.export(name, to, out, input_size=SIZE, eval_images=IMAGES,
+    report = pipeline.export(name, to, out, input_size=SIZE_OF.get(name, SIZE), eval_images=IMAGES,
                              format_options=format_options(to, precision="int8"))
     assert report.agreement is not None and report.agreement.passed, report.agreement
     assert report.agreement.candidate.endswith("(int8+fp32)")  # integer kernels ran, not an fp32 fallback
