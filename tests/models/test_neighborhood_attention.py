@@ -56,7 +56,7 @@ def test_tiled_equals_per_pixel_loop(h: int, w: int, kernel: int, dil: tuple[int
     ref_attn = torch.softmax(na_qk_reference(q, k, kernel, dil, rpb), -1)
     # the map is reused on other values (A2SSM), so two value maps
     ref_outs = [na_av_reference(ref_attn, x, kernel, dil).reshape(b, n, h * w, dim) for x in (v, s)]
-    for tile in (1, 3, 4):  # 1 is the per-query gather; 3 and 4 leave partial tiles on most axes
+    for tile in (1, 3, 4, 7):  # 1 is the per-query gather; 3, 4 and 7 (the default) leave partial tiles
         plan = na_plan(h, w, kernel, dil, tile=tile)
         attn = torch.softmax(na_qk(flat(q), flat(k), plan, rpb), -1)
         assert attn.shape[-3:] == (plan.tiles, plan.queries, plan.keys)

@@ -30,8 +30,8 @@ Everything stays linear in the number of tokens.
 reads the same keys with no more logits per query, but gathers every key once instead of ``(T+K-1)/T``
 times per axis and makes each tile's GEMM bigger (up to ``WHOLE_CLASS_SLACK`` times longer classes too). The
 dilated branch hits this rule at every a2mamba-n stage at 224 (stage 1: 56 tokens, K = 11, dilation 5:
-classes of 11-12, region 12 instead of 14, 25 tiles of 12x12 queries instead of 225 of 4x4). Tiles are
-therefore ``T_h x T_w`` queries with ``R_h x R_w`` region keys, per axis.
+classes of 11-12: 25 tiles of 12x12 queries with regions of 12, where T = 4 would make 225 tiles of 4x4 with
+regions of 14). Tiles are therefore ``T_h x T_w`` queries with ``R_h x R_w`` region keys, per axis.
 
 No intermediate has more than 6 dimensions, XNNPACK's limit (``XNN_MAX_TENSOR_DIMS``; ExecuTorch 1.5's
 partitioner accepts a 7-D permute but the delegate then fails to load).
@@ -61,10 +61,12 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .constants import constant_tables, table_builder, tracing
 
-# Queries per tile side. 1 reproduces the per-query gather (matrix-vector products: slowest in eager);
-# 2, 4 and 7 were timed at a2mamba-n's stage shapes (eager, batch 4 at 224; issue 20's closing note):
-# 4 and 7 were fastest within noise, and 4 keeps the logits at (4+K-1)^2 instead of (7+K-1)^2 per query.
-DEFAULT_TILE = 4
+# Queries per tile side. 1 reproduces the per-query gather (matrix-vector products: slowest in eager). Larger
+# tiles gather each key fewer times ((T+K-1)^2 / T^2) but hold more logits per query ((T+K-1)^2); a2mamba-n at
+# batch 16 / 224, 1 thread, interleaved (issue 20, session 19): T = 7 against 4 cut stage 1's key gathers from 37
+# to 19 ms and the whole call by 5 % in ONNX Runtime (0.773 -> 0.733 s) and 4 % in OpenVINO (0.858 -> 0.824 s),
+# 3 % in eager; 8 ran the same as 7. 7 divides the 56- and 28-token maps of a 224 input, so no tile is partial.
+DEFAULT_TILE = 7
 
 
 # A class up to this factor longer than a region is still one whole tile: its logits per query grow (at most
