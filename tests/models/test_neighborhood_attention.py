@@ -115,3 +115,10 @@ def test_whole_class_tiles_read_each_key_once() -> None:
         members = list(range(residue, 56, 5))
         assert sorted(set(tiles.k_pos[residue].tolist())) == members  # the class, once (+ masked repeats)
         assert tiles.inside[residue][:, len(members):].sum() == 0
+
+
+def test_default_tile_is_smaller_on_large_maps() -> None:
+    """7x7 query tiles at a 224 input's stage-1 map (56), 4x4 past LARGE_MAP_SIDE, where the logits' memory rules
+    (Table VIII at 1024: a 256-token map)."""
+    assert na_plan(56, 56, 11).queries == 49
+    assert na_plan(256, 256, 11).queries == 16

@@ -66,7 +66,17 @@ from .constants import constant_tables, table_builder, tracing
 # batch 16 / 224, 1 thread, interleaved (issue 20, session 19): T = 7 against 4 cut stage 1's key gathers from 37
 # to 19 ms and the whole call by 5 % in ONNX Runtime (0.773 -> 0.733 s) and 4 % in OpenVINO (0.858 -> 0.824 s),
 # 3 % in eager; 8 ran the same as 7. 7 divides the 56- and 28-token maps of a 224 input, so no tile is partial.
+# On large maps the logits set the memory instead: at 1024 (a 256-token stage 1) T = 7 raised a2mamba-n's peak at
+# batch 8 from 3.9 to 5.2 GB, past the paper's memory + 1 GB (Table VIII protocol), so maps with a side longer
+# than LARGE_MAP_SIDE keep T = 4.
 DEFAULT_TILE = 7
+LARGE_MAP_TILE = 4
+LARGE_MAP_SIDE = 64
+
+
+def default_tile(height: int, width: int) -> int:
+    """The tile :func:`na_plan` uses when none is given: ``DEFAULT_TILE``, ``LARGE_MAP_TILE`` on large maps."""
+    return LARGE_MAP_TILE if max(height, width) > LARGE_MAP_SIDE else DEFAULT_TILE
 
 
 # A class up to this factor longer than a region is still one whole tile: its logits per query grow (at most
@@ -239,9 +249,11 @@ _DEVICE_CACHE: dict[tuple[object, ...], NAPlan] = {}
 
 
 def na_plan(height: int, width: int, kernel_size: int, dilation: tuple[int, int] = (1, 1),
-            tile: int = DEFAULT_TILE, device: torch.device | str = "cpu") -> NAPlan:
-    """The tiling of an ``height x width`` map (cached per size, kernel, dilation, tile and device)."""
+            tile: int | None = None, device: torch.device | str = "cpu") -> NAPlan:
+    """The tiling of an ``height x width`` map (cached per size, kernel, dilation, tile and device); ``tile``
+    defaults to :func:`default_tile`."""
     device = torch.device(device)
+    tile = default_tile(height, width) if tile is None else tile
     args = (height, width, kernel_size, int(dilation[0]), int(dilation[1]), tile)
     key = (*args, device)
     in_trace = tracing()
