@@ -674,33 +674,41 @@ def profile_cmd(
     calls: Annotated[int, typer.Option(help="Profiled calls (times are their mean).")] = 10,
     warmup: Annotated[int, typer.Option(help="Unprofiled calls first.")] = 2,
     top: Annotated[int, typer.Option(help="Rows in the table (the JSON has all).")] = 15,
+    by: Annotated[str, typer.Option(help="Rows per op 'kind', or per kind and node input/output 'shape'.")] = "kind",
     artifact: Annotated[Path | None, typer.Option(help="Profile this exported .onnx file or IR folder.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the whole profile to this file.")] = None,
 ) -> None:
-    """Where one inference's time goes, per op kind and kernel, from the runtime's own profiler."""
+    """Where one inference's time goes, per op kind (or kind and shapes) and kernel, from the runtime's own
+    profiler."""
     from .bench.profile import profile
 
     if json_out:
         _check_output_file(json_out, "--json")
     if top < 1:
         raise EdgevitError("--top must be at least 1")
+    if by not in ("kind", "shape"):
+        raise EdgevitError(f"--by takes 'kind' or 'shape', not {by!r}")
     with _progress() as progress:
         progress.add_task(f"profiling {model or artifact} in {runtime}", total=None)
         rep = profile(model, runtime, input_size=input_size, batch=batch, threads=threads, calls=calls,
-                      warmup=warmup, artifact=artifact)
+                      warmup=warmup, artifact=artifact, by_shape=by == "shape")
     table = Table(title=f"{rep.model} · {rep.runtime} ({rep.precision}) · {rep.input_size[0]}x{rep.input_size[1]} "
                         f"· batch {rep.batch} · {rep.threads or 'all'} threads · mean of {rep.calls} calls")
-    for col in ("op", "kernel", "ms/call", "share", "nodes", "MB/call", "GB/s", "floor ms"):
-        table.add_column(col, justify="left" if col in ("op", "kernel") else "right")
+    columns = ("op", "kernel", *(("shapes",) if by == "shape" else ()), "ms/call", "share", "nodes", "MB/call", "GB/s",
+               "floor ms")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("op", "kernel", "shapes") else "right")
     for t in rep.ops[:top]:
         floor = rep.floor_ms(t)
-        table.add_row(t.op, t.kernel, f"{t.ms:.2f}", f"{t.ms / rep.op_ms:.1%}" if rep.op_ms else "—", str(t.nodes),
+        table.add_row(t.op, t.kernel, *((t.shapes,) if by == "shape" else ()), f"{t.ms:.2f}",
+                      f"{t.ms / rep.op_ms:.1%}" if rep.op_ms else "—", str(t.nodes),
                       f"{t.bytes / 2**20:.1f}" if t.bytes else "—", f"{t.bytes / t.ms / 1e6:.1f}" if t.bytes and t.ms
                       else "—", f"{floor:.2f}" if floor is not None else "—")
     console.print(table)
     rest = rep.ops[top:]
     if rest:
-        console.print(f"{len(rest)} more op kinds: {sum(t.ms for t in rest):.2f} ms/call", highlight=False)
+        rows = "op kinds" if by == "kind" else "rows"
+        console.print(f"{len(rest)} more {rows}: {sum(t.ms for t in rest):.2f} ms/call", highlight=False)
     console.print(f"ops {rep.op_ms:.2f} ms/call of {rep.wall_ms:.2f} ms wall (profiler overhead included; "
                   "time with `edgevit bench`)", highlight=False)
     floors = [f"memory floor {rep.memory_floor_ms:.2f} ms (bytes each op moves at this machine's measured "

@@ -40,7 +40,7 @@ class ProfileReport:
     threads: int | None
     calls: int
     wall_ms: float  # mean wall time of the profiled calls (profiler overhead included)
-    ops: list[OpTime] = field(default_factory=list)
+    ops: list[OpTime] = field(default_factory=list)  # per op kind, or per kind and shapes
     artifact: str = ""
     bandwidth: list[BandwidthPoint] = field(default_factory=list)  # memory roof per working-set size
     macs: int | None = None  # per call (all images), when the model is a registry model
@@ -80,10 +80,12 @@ class ProfileReport:
 
 def profile(model: str | None, runtime: str = "onnxruntime", *, input_size: int | str | tuple[int, int] | None = None,
             batch: int = 1, threads: int | None = None, calls: int = 10, warmup: int = 2,
-            artifact: str | Path | None = None) -> ProfileReport:
+            artifact: str | Path | None = None, by_shape: bool = False) -> ProfileReport:
     """Profile ``model`` (exported and verified into the benchmark cache, as ``edgevit bench`` does) or a
     user's ``artifact`` in ``runtime`` (``onnxruntime``, ``openvino:f32``, ``openvino:bf16``, ...), with
-    the machine's memory and GEMM roofs measured for the floors (about 3 s)."""
+    the machine's memory and GEMM roofs measured for the floors (about 3 s). ``by_shape`` splits each op kind by
+    its nodes' input and output shapes: which of a kind's nodes cost the time (e.g. a model's first-stage
+    attention products among all its MatMuls)."""
     specs = parse_runtimes([runtime], "cpu")
     if len(specs) != 1 or specs[0].backend not in PROFILED_BACKENDS:
         raise EdgevitError(f"per-op profiles come from {' and '.join(PROFILED_BACKENDS)}; pass --runtime "
@@ -110,7 +112,7 @@ def profile(model: str | None, runtime: str = "onnxruntime", *, input_size: int 
     for _ in range(warmup):
         runner.run(x)
     t0 = time.perf_counter()
-    ops = runner.op_profile(x, calls)
+    ops = runner.op_profile(x, calls, by_shape)
     wall_ms = (time.perf_counter() - t0) * 1000.0 / calls
     report = ProfileReport(name, spec.label, runner.info.precision, size, batch, runner.info.threads, calls,
                            wall_ms, ops, str(path))

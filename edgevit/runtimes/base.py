@@ -43,27 +43,38 @@ class OpTime:
     it: ONNX Runtime's execution provider, OpenVINO's implementation such as ``brgemm_avx512_amx_f32``, which
     also says which instruction set and precision really ran), ``ms`` per call, ``nodes`` executed per call,
     and ``bytes`` its nodes read and wrote per call where the runtime reports tensor sizes (ONNX Runtime:
-    activations + parameters + outputs; 0 where it does not, e.g. OpenVINO): the traffic a memory roof bounds."""
+    activations + parameters + outputs; 0 where it does not, e.g. OpenVINO): the traffic a memory roof bounds.
+    ``shapes`` (``"16x3136x16, 18496 -> 16x18496x16"``) when the profile is grouped by shape, else empty."""
 
     op: str
     kernel: str
     ms: float
     nodes: int
     bytes: float = 0.0
+    shapes: str = ""
 
 
-def op_times(samples: Iterable[tuple[str, str, float, float]], calls: int) -> list[OpTime]:
-    """``(op, kernel, ms, bytes)`` samples of ``calls`` runs -> one :class:`OpTime` per (op, kernel), per-call
-    means, slowest first (shared by every runtime's :meth:`Runner.op_profile`)."""
-    totals: dict[tuple[str, str], list[float]] = {}
-    for op, kernel, ms, nbytes in samples:
-        entry = totals.setdefault((op, kernel), [0.0, 0, 0.0])
+def op_times(samples: Iterable[tuple[str, str, float, float, str]], calls: int) -> list[OpTime]:
+    """``(op, kernel, ms, bytes, shapes)`` samples of ``calls`` runs -> one :class:`OpTime` per (op, kernel,
+    shapes), per-call means, slowest first (shared by every runtime's :meth:`Runner.op_profile`; ``shapes`` is
+    empty for a profile per op kind)."""
+    totals: dict[tuple[str, str, str], list[float]] = {}
+    for op, kernel, ms, nbytes, shapes in samples:
+        entry = totals.setdefault((op, kernel, shapes), [0.0, 0, 0.0])
         entry[0] += ms
         entry[1] += 1
         entry[2] += nbytes
     n = max(calls, 1)
-    return sorted((OpTime(op, kernel, ms / n, round(count / n), nbytes / n)
-                   for (op, kernel), (ms, count, nbytes) in totals.items()), key=lambda t: -t.ms)
+    return sorted((OpTime(op, kernel, ms / n, round(count / n), nbytes / n, shapes)
+                   for (op, kernel, shapes), (ms, count, nbytes) in totals.items()), key=lambda t: -t.ms)
+
+
+def shapes_text(inputs: Iterable[Iterable[int | str]], outputs: Iterable[Iterable[int | str]]) -> str:
+    """``"16x3136x16, 18496 -> 16x18496x16"``: a node's input and output shapes, one key of a shape profile."""
+    def side(shapes: Iterable[Iterable[int | str]]) -> str:
+        return ", ".join("x".join(str(d) for d in shape) or "scalar" for shape in shapes)
+
+    return f"{side(inputs)} -> {side(outputs)}"
 
 
 def stored_precision(compute: str, metadata: ArtifactMetadata | None) -> str:
@@ -144,8 +155,10 @@ class Runner(ABC):
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def op_profile(self, feeds: np.ndarray | Mapping[str, np.ndarray], calls: int) -> list[OpTime]:
-        """Run ``calls`` inferences and return where their time went, per op kind (mean per call).
+    def op_profile(self, feeds: np.ndarray | Mapping[str, np.ndarray], calls: int,
+                   by_shape: bool = False) -> list[OpTime]:
+        """Run ``calls`` inferences and return where their time went, per op kind (mean per call); with
+        ``by_shape``, per op kind and node input/output shapes (which of a kind's nodes cost the time).
 
         Only runtimes with their own per-node counters have one (ONNX Runtime, OpenVINO; loaded with
         ``profile=True``): a profile this class made up would not be the runtime's.

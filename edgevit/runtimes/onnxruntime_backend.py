@@ -12,7 +12,7 @@ import numpy as np
 
 from ..artifact import ArtifactMetadata
 from ..errors import ArtifactError, EdgevitError
-from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, stored_precision
+from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, shapes_text, stored_precision
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
               "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -68,9 +68,11 @@ class OnnxRuntimeRunner(Runner):
         values = self.session.run(None, feeds)
         return {spec.name: v for spec, v in zip(self.outputs, values)}
 
-    def op_profile(self, feeds: np.ndarray | Mapping[str, np.ndarray], calls: int) -> list[OpTime]:
+    def op_profile(self, feeds: np.ndarray | Mapping[str, np.ndarray], calls: int,
+                   by_shape: bool = False) -> list[OpTime]:
         """Kernel times of the next ``calls`` runs from ONNX Runtime's profiler (earlier runs, e.g. warm-up,
-        are left out by their timestamps). The profiler stops here: one profile per session."""
+        are left out by their timestamps), per op kind or also per node shapes. The profiler stops here: one
+        profile per session."""
         if self._profile_dir is None:
             raise EdgevitError("load the ONNX Runtime runner with profile=True to profile it")
         checked = self._check_feeds(feeds)
@@ -82,22 +84,32 @@ class OnnxRuntimeRunner(Runner):
         finally:
             shutil.rmtree(self._profile_dir, ignore_errors=True)
             self._profile_dir = None
-        return ort_op_times(events, calls)
+        return ort_op_times(events, calls, by_shape)
 
 
 def _dims(shape: list) -> tuple[int | str, ...]:
     return tuple(d if isinstance(d, int) else str(d or "dynamic") for d in shape)
 
 
-def ort_op_times(events: list[dict], calls: int) -> list[OpTime]:
-    """Per op type and provider: mean kernel milliseconds and bytes moved over the last ``calls``
-    ``model_run`` events of an ONNX Runtime profile (its ``Node`` ``*_kernel_time`` events inside those runs;
-    bytes = the event's activation + parameter + output sizes)."""
+def ort_op_times(events: list[dict], calls: int, by_shape: bool = False) -> list[OpTime]:
+    """Per op type and provider (and node shapes, ``by_shape``): mean kernel milliseconds and bytes moved over
+    the last ``calls`` ``model_run`` events of an ONNX Runtime profile (its ``Node`` ``*_kernel_time`` events
+    inside those runs; bytes = the event's activation + parameter + output sizes)."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-calls:]
     kernels = (e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
                and any(start <= e["ts"] <= end for start, end in runs))
     return op_times(((e.get("args", {}).get("op_name", "?"), e.get("args", {}).get("provider", "?"), e["dur"] / 1000.0,
-                      _node_bytes(e.get("args", {}))) for e in kernels), len(runs))
+                      _node_bytes(e.get("args", {})), _node_shapes(e.get("args", {})) if by_shape else "")
+                     for e in kernels), len(runs))
+
+
+def _node_shapes(args: Mapping[str, object]) -> str:
+    """A kernel event's shapes: ONNX Runtime lists each input and output as ``{element type: dims}``."""
+    def dims(key: str) -> list[list[int]]:
+        entries = args.get(key) or []
+        return [next(iter(entry.values()), []) for entry in entries if isinstance(entry, dict)]
+
+    return shapes_text(dims("input_type_shape"), dims("output_type_shape"))
 
 
 def _node_bytes(args: Mapping[str, object]) -> float:

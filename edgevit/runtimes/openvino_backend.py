@@ -17,7 +17,7 @@ import numpy as np
 
 from ..artifact import ArtifactMetadata, read_manifest
 from ..errors import ArtifactError, EdgevitError
-from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, stored_precision
+from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, shapes_text, stored_precision
 
 # edgevit's precision names (fp32/fp16/bf16, as everywhere in edgevit) and OpenVINO's own spellings (aliases)
 # -> OpenVINO's INFERENCE_PRECISION_HINT values
@@ -84,18 +84,22 @@ class OpenVinoRunner(Runner):
             meta = ArtifactMetadata.from_props(self.manifest["metadata"], str(manifest_file(self.path)))
         return meta
 
-    def op_profile(self, feeds: np.ndarray | Mapping[str, np.ndarray], calls: int) -> list[OpTime]:
-        """Per layer type and implementation: mean milliseconds over ``calls`` runs, from the plugin's own
-        counters (layers it fused away or skipped are not counted)."""
+    def op_profile(self, feeds: np.ndarray | Mapping[str, np.ndarray], calls: int,
+                   by_shape: bool = False) -> list[OpTime]:
+        """Per layer type and implementation (and layer shapes, ``by_shape``: from the compiled runtime model):
+        mean milliseconds over ``calls`` runs, from the plugin's own counters (layers it fused away or skipped
+        are not counted)."""
         if not self._profiling:
             raise EdgevitError("load the OpenVINO runner with profile=True to profile it")
         import openvino as ov
 
         checked = self._check_feeds(feeds)
-        samples: list[tuple[str, str, float, float]] = []  # OpenVINO's counters carry no tensor sizes
+        shapes = _layer_shapes(self.compiled) if by_shape else {}
+        samples: list[tuple[str, str, float, float, str]] = []  # OpenVINO's counters carry no tensor sizes
         for _ in range(calls):
             self._run(checked)
-            samples += [(i.node_type, i.exec_type, i.real_time.total_seconds() * 1000.0, 0.0)
+            samples += [(i.node_type, i.exec_type, i.real_time.total_seconds() * 1000.0, 0.0,
+                         shapes.get(i.node_name, "?") if by_shape else "")
                         for i in self.request.get_profiling_info() if i.status == ov.ProfilingInfo.Status.EXECUTED]
         return op_times(samples, calls)
 
@@ -103,6 +107,16 @@ class OpenVinoRunner(Runner):
         results = self.request.infer(feeds)
         # results alias the request's buffers: copy before the next call overwrites them
         return {spec.name: np.array(results[port]) for spec, port in zip(self.outputs, self.compiled.outputs)}
+
+
+def _layer_shapes(compiled: Any) -> dict[str, str]:
+    """Input and output shapes of every layer of the compiled runtime model, by the name its counters use."""
+    def dims(port: Any) -> list[int | str]:
+        shape = port.get_partial_shape()
+        return [d.get_length() if d.is_static else "?" for d in shape] if shape.rank.is_static else ["?"]
+
+    return {op.get_friendly_name(): shapes_text([dims(i) for i in op.inputs()], [dims(o) for o in op.outputs()])
+            for op in compiled.get_runtime_model().get_ordered_ops()}
 
 
 # Layer types whose implementation sets the speed (the GEMM-like work), as OpenVINO's runtime model names them

@@ -22,10 +22,12 @@ from edgevit.verify import seeded_inputs
 MODEL, SIZE = "s2aformer-mini", (64, 64)
 
 
-def _node(op: str, ts: int, dur: int, size: int = 0) -> dict:
+def _node(op: str, ts: int, dur: int, size: int = 0, shape: list[int] | None = None) -> dict:
     return {"cat": "Node", "name": f"{op}_0_kernel_time", "ts": ts, "dur": dur,
             "args": {"op_name": op, "provider": "CPUExecutionProvider", "activation_size": str(size),
-                     "parameter_size": "100", "output_size": str(2 * size)}}
+                     "parameter_size": "100", "output_size": str(2 * size),
+                     "input_type_shape": [{"float": shape or [1, 8]}, {"int64": [4]}],
+                     "output_type_shape": [{"float": shape or [1, 8]}]}}
 
 
 def test_ort_times_count_only_the_last_runs_and_average_them() -> None:
@@ -39,6 +41,18 @@ def test_ort_times_count_only_the_last_runs_and_average_them() -> None:
     assert times["Conv"].bytes == pytest.approx((3100 + 100) / 2)  # activations + parameters + outputs, per call
     assert times["Softmax"].ms == pytest.approx(1.0)
     assert [t.op for t in ort_op_times(events, calls=2)] == ["Conv", "Softmax"]  # slowest first
+
+
+def test_ort_times_by_shape_split_a_kind_by_its_nodes_shapes() -> None:
+    run = {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}
+    events = [run, _node("Gather", 10, 3000, shape=[16, 3136, 16]), _node("Gather", 20, 1000, shape=[2, 8]),
+              _node("Gather", 30, 2000, shape=[16, 3136, 16]), _node("Add", 40, 500)]
+    rows = ort_op_times(events, calls=1, by_shape=True)
+    assert [(t.op, t.shapes, t.nodes, t.ms) for t in rows] == [
+        ("Gather", "16x3136x16, 4 -> 16x3136x16", 2, pytest.approx(5.0)),
+        ("Gather", "2x8, 4 -> 2x8", 1, pytest.approx(1.0)), ("Add", "1x8, 4 -> 1x8", 1, pytest.approx(0.5))]
+    by_kind = ort_op_times(events, calls=1)
+    assert [(t.op, t.shapes, t.nodes) for t in by_kind] == [("Gather", "", 3), ("Add", "", 1)]
 
 
 def test_onnxruntime_profile_covers_the_graph_ops() -> None:
@@ -77,6 +91,19 @@ def test_openvino_profile_names_the_f32_kernels_that_ran() -> None:
     assert rep.memory_floor_ms is None and rep.bandwidth == []  # OpenVINO's counters carry no tensor sizes
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino:f32"])
+def test_profile_by_shape_names_each_rows_shapes(runtime: str) -> None:
+    if runtime.startswith("openvino"):
+        pytest.importorskip("openvino")
+    rep = profile(MODEL, runtime, input_size=SIZE, threads=1, calls=1, warmup=1, by_shape=True)
+    image = f"1x3x{SIZE[0]}x{SIZE[1]}"
+    assert all(" -> " in t.shapes and "?" not in t.shapes for t in rep.ops)  # every layer's shapes found
+    stem = [t for t in rep.ops if t.shapes.startswith(image) and "Conv" in t.op]
+    assert len(stem) == 1 and stem[0].nodes == 1  # the stem conv reads the image: one node of its own
+    kinds = [t.op for t in rep.ops]
+    assert any(kinds.count(op) > 1 for op in kinds)  # some kind runs at several shapes: split into rows
+
+
 def test_profile_refuses_runtimes_without_counters_and_unprofiled_runners() -> None:
     with pytest.raises(EdgevitError, match="per-op profiles come from onnxruntime and openvino"):
         profile(MODEL, "torch", input_size=SIZE)
@@ -99,3 +126,8 @@ def test_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     user.write_text('{"mine": 1}')
     refused = CliRunner().invoke(cli.app, ["profile", MODEL, "--input-size", "64", "--json", str(user)])
     assert refused.exit_code == 2 and user.read_text() == '{"mine": 1}'
+    shapes = CliRunner().invoke(cli.app, ["profile", MODEL, "--input-size", "64", "--threads", "1", "--calls", "1",
+                                          "--by", "shape", "--top", "2"])
+    assert shapes.exit_code == 0 and "shapes" in shapes.output and "more rows" in shapes.output, shapes.output
+    wrong = CliRunner().invoke(cli.app, ["profile", MODEL, "--by", "node"])
+    assert wrong.exit_code == 2 and "--by takes 'kind' or 'shape'" in wrong.output
