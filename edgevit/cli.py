@@ -688,26 +688,27 @@ def profile_cmd(
         raise EdgevitError("--top must be at least 1")
     if by not in ("kind", "shape"):
         raise EdgevitError(f"--by takes 'kind' or 'shape', not {by!r}")
+    by_shape = by == "shape"
     with _progress() as progress:
         progress.add_task(f"profiling {model or artifact} in {runtime}", total=None)
         rep = profile(model, runtime, input_size=input_size, batch=batch, threads=threads, calls=calls,
-                      warmup=warmup, artifact=artifact, by_shape=by == "shape")
+                      warmup=warmup, artifact=artifact, by_shape=by_shape)
     table = Table(title=f"{rep.model} · {rep.runtime} ({rep.precision}) · {rep.input_size[0]}x{rep.input_size[1]} "
                         f"· batch {rep.batch} · {rep.threads or 'all'} threads · mean of {rep.calls} calls")
-    columns = ("op", "kernel", *(("shapes",) if by == "shape" else ()), "ms/call", "share", "nodes", "MB/call", "GB/s",
+    columns = ("op", "kernel", *(("shapes",) if by_shape else ()), "ms/call", "share", "nodes", "MB/call", "GB/s",
                "floor ms")
     for col in columns:
         table.add_column(col, justify="left" if col in ("op", "kernel", "shapes") else "right")
     for t in rep.ops[:top]:
         floor = rep.floor_ms(t)
-        table.add_row(t.op, t.kernel, *((t.shapes,) if by == "shape" else ()), f"{t.ms:.2f}",
+        table.add_row(t.op, t.kernel, *((t.shapes,) if by_shape else ()), f"{t.ms:.2f}",
                       f"{t.ms / rep.op_ms:.1%}" if rep.op_ms else "—", str(t.nodes),
                       f"{t.bytes / 2**20:.1f}" if t.bytes else "—", f"{t.bytes / t.ms / 1e6:.1f}" if t.bytes and t.ms
                       else "—", f"{floor:.2f}" if floor is not None else "—")
     console.print(table)
     rest = rep.ops[top:]
     if rest:
-        rows = "op kinds" if by == "kind" else "rows"
+        rows = "rows" if by_shape else "op kinds"
         console.print(f"{len(rest)} more {rows}: {sum(t.ms for t in rest):.2f} ms/call", highlight=False)
     console.print(f"ops {rep.op_ms:.2f} ms/call of {rep.wall_ms:.2f} ms wall (profiler overhead included; "
                   "time with `edgevit bench`)", highlight=False)
