@@ -424,7 +424,7 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     models: Annotated[str, typer.Option(help="Comma-separated model names.")] = "s2aformer-t",
     runtimes: Annotated[str, typer.Option(help="Comma-separated: torch, torch:channels-last, torch:bf16, "
-                                               "torch-compile, onnxruntime[:memory-pattern], openvino[:f32|:bf16|:default], executorch (.pte, "
+                                               "torch-compile, onnxruntime[:memory-pattern|:denormals], openvino[:f32|:bf16|:default], executorch (.pte, "
                                                "XNNPACK), ort (ONNX Runtime's .ort format), onnxruntime:int8, openvino:int8, "
                                                "executorch:int8 (the verified int8 exports; int8: all three) on cpu; "
                                                "torch[:fp32|:fp16], tensorrt[:fp16|:fp32] on cuda (default: "
@@ -567,12 +567,12 @@ def _check_output_file(path: Path, flag: str) -> None:
 
 # Table abbreviations (the table must fit 100 columns; the legend under it spells them out).
 _RUNTIME_ABBREV = {"torch": "pt", "torch:channels-last": "pt:cl", "torch:bf16": "pt:bf16", "torch-compile": "pt:comp",
-                   "onnxruntime": "ort", "onnxruntime:memory-pattern": "ort:mp", "openvino:f32": "ov:f32", "openvino:default": "ov:def",
+                   "onnxruntime": "ort", "onnxruntime:memory-pattern": "ort:mp", "onnxruntime:denormals": "ort:dn", "openvino:f32": "ov:f32", "openvino:default": "ov:def",
                    "openvino:bf16": "ov:bf16", "torch-cuda:fp32": "cu:fp32", "torch-cuda:fp16": "cu:fp16",
                    "tensorrt:fp16": "trt:fp16", "tensorrt:fp32": "trt:fp32", "onnxruntime:int8": "ort:i8",
                    "openvino:int8": "ov:i8", "executorch:xnnpack": "et", "executorch:xnnpack-int8": "et:i8"}
 _LEGEND = ("pt = PyTorch eager (cl: channels-last, bf16: autocast, comp: torch.compile/inductor), ort = ONNX "
-           "Runtime (mp: with its memory pattern), ov = OpenVINO (def: the device's default precision), et = ExecuTorch (XNNPACK), i8 = the int8 "
+           "Runtime (mp: with its memory pattern, dn: subnormals kept, not flushed), ov = OpenVINO (def: the device's default precision), et = ExecuTorch (XNNPACK), i8 = the int8 "
            "export, cu = PyTorch CUDA, trt = TensorRT · "
            "img/s = median of runs, ± = (max-min)/median, p50 = median latency of a call (ms) · %roof = all-op GMAC/s over the measured GEMM roof of "
            "that precision · ref/s = benchmark_app / plain ORT session on the same file · ld / inf MB = RSS "

@@ -58,14 +58,18 @@ def parse_benchmark_app(text: str) -> dict[str, float]:
 
 
 # A plain ONNX Runtime session with the options edgevit's ORT runner sets (ORT_ENABLE_ALL, intra-op threads,
-# one inter-op thread), timed with its own loop: the figure any ORT user would get from a dozen lines.
+# one inter-op thread, subnormals flushed on the pool threads and the calling thread: runtimes/denormals.py),
+# timed with its own loop: the figure any ORT user would get from a dozen lines.
 _ORT_SCRIPT = r"""
 import json, sys, time
-import numpy as np, onnxruntime as ort
+import numpy as np, onnxruntime as ort, torch
 path, threads, batch, h, w, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+flush = sys.argv[7] == "1"
+torch.set_flush_denormal(flush)
 o = ort.SessionOptions()
 o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 o.intra_op_num_threads, o.inter_op_num_threads, o.log_severity_level = threads, 1, 3
+o.add_session_config_entry("session.set_denormal_as_zero", sys.argv[7])
 s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
 feeds = {s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, h, w), dtype=np.float32)}
 for _ in range(2):
@@ -77,9 +81,10 @@ print(json.dumps({"images_per_s": batch * len(lat) / sum(lat), "latency_ms_p50":
 """
 
 
-def ort_command(model: Path, threads: int, batch: int, size: tuple[int, int], seconds: float) -> list[str]:
+def ort_command(model: Path, threads: int, batch: int, size: tuple[int, int], seconds: float,
+                flush_denormals: bool = True) -> list[str]:
     return [sys.executable, "-c", _ORT_SCRIPT, str(model), str(threads), str(batch), str(size[0]), str(size[1]),
-            str(seconds)]
+            str(seconds), "1" if flush_denormals else "0"]
 
 
 def _run(cmd: list[str], tool: str, parse: Callable[[str], dict[str, float]]) -> dict[str, object]:
@@ -106,6 +111,7 @@ def reference_for(case: "BenchCase", artifact: Path | None, policy: "TimingPolic
         cmd = benchmark_app_command(artifact, case.threads, case.streams, case.runtime.precision, seconds)
         return _run(cmd, "benchmark_app", parse_benchmark_app)
     if case.runtime.backend == "onnxruntime":
-        cmd = ort_command(artifact, case.threads, case.batch, case.input_size, seconds)
+        cmd = ort_command(artifact, case.threads, case.batch, case.input_size, seconds,
+                          flush_denormals=not case.runtime.keep_denormals)
         return _run(cmd, "onnxruntime session (same options)", lambda s: json.loads(s.strip().splitlines()[-1]))
     return None

@@ -45,6 +45,7 @@ class RuntimeSpec:
     compile: bool = False
     artifact_precision: str | None = None  # the export's --precision (None: the format's default)
     memory_pattern: bool = False  # ONNX Runtime with its memory pattern (its default; edgevit's is off)
+    keep_denormals: bool = False  # ONNX Runtime without flush-to-zero (its default; edgevit flushes)
 
     def options(self, threads: int, streams: int | None) -> dict[str, object]:
         opts: dict[str, object] = {"threads": threads} if self.device == "cpu" else {}
@@ -60,8 +61,11 @@ class RuntimeSpec:
             opts["precision"] = self.precision or "default"
             if streams:
                 opts["streams"] = streams
-        elif self.backend == "onnxruntime" and self.memory_pattern:
-            opts["memory_pattern"] = True
+        elif self.backend == "onnxruntime":
+            if self.memory_pattern:
+                opts["memory_pattern"] = True
+            if self.keep_denormals:
+                opts["keep_denormals"] = True
         elif self.backend == "tensorrt":
             opts = {}
         return opts
@@ -92,6 +96,8 @@ _RUNTIME_ALIASES: dict[str, dict[str, list[RuntimeSpec]]] = {
         "onnxruntime": [RuntimeSpec("onnxruntime", "onnxruntime", "cpu", None, "onnx")],
         "onnxruntime:memory-pattern": [RuntimeSpec("onnxruntime:memory-pattern", "onnxruntime", "cpu", None,
                                                    "onnx", memory_pattern=True)],
+        "onnxruntime:denormals": [RuntimeSpec("onnxruntime:denormals", "onnxruntime", "cpu", None, "onnx",
+                                              keep_denormals=True)],
         "openvino": [RuntimeSpec("openvino:f32", "openvino", "cpu", "f32", "onnx"),
                      RuntimeSpec("openvino:default", "openvino", "cpu", None, "onnx")],
         "openvino:f32": [RuntimeSpec("openvino:f32", "openvino", "cpu", "f32", "onnx")],

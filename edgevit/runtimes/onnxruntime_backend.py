@@ -13,6 +13,7 @@ import numpy as np
 from ..artifact import ArtifactMetadata
 from ..errors import ArtifactError, EdgevitError
 from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, shapes_text, stored_precision
+from .denormals import caller_denormals
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
               "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -20,7 +21,8 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
 
 class OnnxRuntimeRunner(Runner):
     def __init__(self, path: str | Path, *, threads: int | None = None,
-                 providers: list[str] | None = None, profile: bool = False, memory_pattern: bool = False) -> None:
+                 providers: list[str] | None = None, profile: bool = False, memory_pattern: bool = False,
+                 keep_denormals: bool = False) -> None:
         """``profile=True`` turns on ONNX Runtime's own profiler for :meth:`op_profile` (it costs a little
         on every call: never for timing).
 
@@ -29,7 +31,11 @@ class OnnxRuntimeRunner(Runner):
         reused as they die: at batch 16 / 224, 2 threads, peak RSS fell 30-45 % in every family (a2mamba-n
         2005 -> 1104 MB, a2mamba-t 2868 -> 1584 MB) at the same speed (geometric mean over the six
         families' smallest variants and a2mamba-t 1.01x, each within -7 / +16 %); table in
-        docs/models/a2mamba.md. ``edgevit bench --runtimes onnxruntime:memory-pattern`` runs it on."""
+        docs/models/a2mamba.md. ``edgevit bench --runtimes onnxruntime:memory-pattern`` runs it on.
+
+        Subnormal floats are flushed to zero (pool threads through ONNX Runtime's own option, the calling
+        thread around each call: :mod:`.denormals` says why); ``keep_denormals=True`` (``edgevit bench
+        --runtimes onnxruntime:denormals``) runs ONNX Runtime as it comes, for comparison."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -44,8 +50,11 @@ class OnnxRuntimeRunner(Runner):
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        self._flush_denormals = not keep_denormals
+        opts.add_session_config_entry("session.set_denormal_as_zero", "1" if self._flush_denormals else "0")
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+            with caller_denormals(flush=None):  # the constructor sets the bits on this thread with the option
+                self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ArtifactError(f"ONNX Runtime cannot load {str(path)!r}: {first}") from exc
@@ -59,13 +68,15 @@ class OnnxRuntimeRunner(Runner):
         details = {"provider": provider, "onnxruntime": ort.__version__}
         if memory_pattern:
             details["memory_pattern"] = "on"
+        details["denormals"] = "flushed to zero" if self._flush_denormals else "kept"
         precision = stored_precision(precision, self.metadata)  # QDQ: integer kernels + float rest
         if precision.startswith("int8"):
             details["model_precision"] = "int8"
         self.info = RunnerInfo("onnxruntime", precision, "cuda" if "CUDA" in provider else "cpu", threads, details)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(None, feeds)
+        with caller_denormals(flush=self._flush_denormals):
+            values = self.session.run(None, feeds)
         return {spec.name: v for spec, v in zip(self.outputs, values)}
 
     def op_profile(self, feeds: np.ndarray | Mapping[str, np.ndarray], calls: int,

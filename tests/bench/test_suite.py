@@ -83,6 +83,9 @@ def test_runtime_aliases_and_validation() -> None:
     (pattern,) = parse_runtimes(["onnxruntime:memory-pattern"], "cpu")
     assert pattern.artifact == "onnx" and pattern.options(2, None) == {"threads": 2, "memory_pattern": True}
     assert "memory_pattern" not in parse_runtimes(["onnxruntime"], "cpu")[0].options(2, None)
+    (kept,) = parse_runtimes(["onnxruntime:denormals"], "cpu")
+    assert kept.options(2, None) == {"threads": 2, "keep_denormals": True}
+    assert "keep_denormals" not in parse_runtimes(["onnxruntime"], "cpu")[0].options(2, None)
     with pytest.raises(EdgevitError, match="latency scenario runs batch 1"):
         bench.run(["s2aformer-mini"], ["torch"], scenario="latency", batches=[8], policy=FAST)
     assert default_batch("latency", "cpu", (224, 224)) == 1
