@@ -764,22 +764,24 @@ def bench_scan(
 @app.command()
 @user_errors
 def report(
-    results: Annotated[Path, typer.Argument(help="JSON written by `edgevit bench --json`.")],
+    results: Annotated[list[Path], typer.Argument(help="JSON written by `edgevit bench --json`: one file or several "
+                                                       "(e.g. a shell glob), rendered one after another.")],
     compare_paper: Annotated[bool, typer.Option(help="Add the papers' figures and our/paper ratios.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG plot (throughput per model/runtime, vs params).")]
     = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the Markdown here too.")] = None,
 ) -> None:
-    """Render benchmark results as a Markdown table, optionally beside the papers' figures, and plot them."""
+    """Render benchmark results as Markdown tables, optionally beside the papers' figures, and plot them (several
+    files: a table per file, one plot of all their rows)."""
     from .bench import report as rep
 
-    data = rep.load_results(results)
-    text = rep.markdown(data, compare_paper=compare_paper)
+    runs = [rep.load_results(path) for path in results]  # every file checked before anything is written
+    text = rep.markdown_runs([(str(path), data) for path, data in zip(results, runs)], compare_paper=compare_paper)
     typer.echo(text)
     if output:
         _write_atomic(output, text)
     if plot:
-        console.print(f"plot written to {rep.plot(data, plot)}")
+        console.print(f"plot written to {rep.plot(rep.merged_rows(runs), plot)}")
 
 
 def _take_debug_flag(args: list[str]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,6 +121,25 @@ def markdown(data: dict, compare_paper: bool = False) -> str:
     if compare_paper:
         lines.append("Ratios compare different machines: read them as a profile, not as a reproduction.")
     return "\n".join(lines) + "\n"
+
+
+def markdown_runs(runs: Sequence[tuple[str, dict]], compare_paper: bool = False) -> str:
+    """:func:`markdown` of one run, or of several under a heading each (their path). Rows of different runs
+    never share a table: each run has its own machine state, threads and timing protocol."""
+    if len(runs) == 1:
+        return markdown(runs[0][1], compare_paper)
+    return "\n".join(f"## {name}\n\n{markdown(data, compare_paper)}" for name, data in runs)
+
+
+def merged_rows(runs: Sequence[dict]) -> dict:
+    """Several runs' rows as one result set for :func:`figure`. A model, input size and runtime measured in
+    more than one run is drawn from the last run that has it (runs in the order given: the timestamped names
+    of ``edgevit-bench/bench-*.json`` put the newest last), so no bar is drawn twice in one place."""
+    rows: dict[tuple, dict] = {}
+    for data in runs:
+        for r in data["results"]:
+            rows[(r["model"], tuple(r["input_size"]), r["runtime"])] = r
+    return {**runs[-1], "results": list(rows.values())}
 
 
 def to_csv(data: dict) -> str:
