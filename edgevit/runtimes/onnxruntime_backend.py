@@ -54,7 +54,8 @@ class OnnxRuntimeRunner(Runner):
         opts.add_session_config_entry("session.set_denormal_as_zero", "1" if self._flush_denormals else "0")
         try:
             with caller_denormals(flush=None):  # the constructor sets the bits on this thread with the option
-                self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+                self.session = ort.InferenceSession(str(path), opts,
+                                                    providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ArtifactError(f"ONNX Runtime cannot load {str(path)!r}: {first}") from exc
@@ -75,7 +76,8 @@ class OnnxRuntimeRunner(Runner):
         self.info = RunnerInfo("onnxruntime", precision, "cuda" if "CUDA" in provider else "cpu", threads, details)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with caller_denormals(flush=self._flush_denormals):
+        # kept: the calling thread runs as its owner set it (its bits are not cleared either)
+        with caller_denormals(flush=True if self._flush_denormals else None):
             values = self.session.run(None, feeds)
         return {spec.name: v for spec, v in zip(self.outputs, values)}
 

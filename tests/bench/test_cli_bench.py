@@ -162,21 +162,26 @@ def test_plot_marks_paper_figures_and_labels_points(tmp_path: Path) -> None:
     assert report.plot(PAPER_RUN, tmp_path / "p.png").stat().st_size > 20_000
 
 
-def test_report_takes_several_runs_as_a_glob_gives_them(tmp_path: Path) -> None:
+def test_report_takes_several_runs_as_a_glob_gives_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`edgevit report edgevit-bench/bench-*.json` (the README's line) after several runs: a table per file,
     one plot in which a model and runtime measured twice is drawn once, from the last file."""
     older = {**PAPER_RUN, "results": [{**r, "images_per_s": 1.0} for r in PAPER_RUN["results"]]}
     quick = {"environment": {**PAPER_RUN["environment"], "paper": None},
-             "results": [{**PAPER_RUN["results"][0], "batch": 8, "images_per_s": 7.0}]}
+             "results": [{**PAPER_RUN["results"][0], "batch": 8, "images_per_s": 7.0},
+                         {**PAPER_RUN["results"][0], "runtime": "openvino:default", "images_per_s": 9.0}]}
     paths = [tmp_path / "bench-1.json", tmp_path / "bench-2.json", tmp_path / "bench-3.json"]
     for path, data in zip(paths, (older, quick, PAPER_RUN)):
         path.write_text(json.dumps(data))
+    plotted: list[dict] = []
+    real_plot = report.plot
+    monkeypatch.setattr(report, "plot", lambda data, out: (plotted.append(data), real_plot(data, out))[1])
     out = invoke("report", *map(str, paths), "--compare-paper", "--plot", str(tmp_path / "p.png"))
     assert out.exit_code == 0, out.output
     assert [ln for ln in out.output.splitlines() if ln.startswith("## ")] == [f"## {p}" for p in paths]
     assert out.output.count("| s2aformer-t | 5.69 | 41.75 | 113.80 ±2% |") == 1  # the paper layout of the last file
     merged = report.merged_rows([older, quick, PAPER_RUN])["results"]
-    assert len(merged) == len(PAPER_RUN["results"]) and merged == PAPER_RUN["results"]
+    assert merged == PAPER_RUN["results"] + [quick["results"][1]]  # repeated rows from the last file, others kept
+    assert [d["results"] for d in plotted] == [merged]
     assert (tmp_path / "p.png").stat().st_size > 20_000
     bad = invoke("report", str(paths[0]), str(tmp_path / "missing.json"), "-o", str(tmp_path / "r.md"))
     assert bad.exit_code != 0 and "missing.json" in bad.output and not (tmp_path / "r.md").exists()

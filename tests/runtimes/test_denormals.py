@@ -78,3 +78,16 @@ def test_onnxruntime_flushes_subnormals_unless_asked_to_keep_them(halving_onnx: 
     assert kept.info.details["denormals"] == "kept"
     np.testing.assert_array_equal(kept(x)["y"], x * np.float32(0.5))
     assert np.all(kept(x)["y"] > 0)
+
+
+def test_keeping_denormals_leaves_a_callers_own_flush_setting_alone(halving_onnx: Path) -> None:
+    kept = runtimes.load(halving_onnx, threads=1, keep_denormals=True)
+    seen: list[bool] = []
+    run = kept.session.run
+    kept.session.run = lambda *a, **k: (seen.append(caller_flushes_denormals()), run(*a, **k))[1]
+    torch.set_flush_denormal(True)  # the caller chose to flush: ONNX Runtime as it comes runs under that choice
+    try:
+        kept(np.zeros((1, 1 << 20), dtype=np.float32))
+        assert seen == [True] and caller_flushes_denormals()
+    finally:
+        torch.set_flush_denormal(False)
