@@ -502,7 +502,7 @@ def bench(
     json_path = json_out or DEFAULT_RESULTS_DIR / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for path in (json_path, csv_out):
         if path is not None:
-            _check_output_file(path, "--json" if path is json_path else "--csv")
+            _check_output_file(path, *(("--json", "json") if path is json_path else ("--csv", "csv")))
     total = case_count(model_list, runtime_list, device, res_list if artifact is None else None)
     streaming = not console.is_terminal
 
@@ -545,8 +545,11 @@ def bench(
         raise typer.Exit(EXIT_BENCH_FAILED)
 
 
-def _check_output_file(path: Path, flag: str) -> None:
-    """Before the run: a results file must be a writable file path, and never a file edgevit did not write."""
+def _check_output_file(path: Path, flag: str, kind: str = "json") -> None:
+    """Before the run: an output file (``kind``: json, csv, markdown, png) must be a writable file path, and
+    never a file edgevit did not write."""
+    from .bench.report import written_by_edgevit
+
     if path.is_dir():
         raise EdgevitError(f"{flag} {str(path)!r} is a directory; give a file name, e.g. {path / 'bench.json'}")
     parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
@@ -554,15 +557,10 @@ def _check_output_file(path: Path, flag: str) -> None:
         raise EdgevitError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise EdgevitError(f"{flag} {str(path)!r} is not writable; choose another path")
-    if path.exists() and path.stat().st_size and flag == "--json":
-        try:
-            data = json.loads(path.read_text())
-            ours = isinstance(data, dict) and ("results" in data or "profile" in data)
-        except (ValueError, OSError, TypeError):
-            ours = False
-        if not ours:
-            raise EdgevitError(f"--json {str(path)!r} exists and is not an edgevit results file; refusing to "
-                               "overwrite it (choose a new name)")
+    if path.exists() and path.stat().st_size and not written_by_edgevit(path, kind):
+        what = {"json": "results file", "csv": "results CSV", "markdown": "report", "png": "plot"}[kind]
+        raise EdgevitError(f"{flag} {str(path)!r} exists and is not an edgevit {what}; refusing to "
+                           "overwrite it (choose a new name)")
 
 
 # Table abbreviations (the table must fit 100 columns; the legend under it spells them out).
@@ -740,6 +738,8 @@ def bench_scan(
         raise EdgevitError(f"--channels takes integers, e.g. 32,48; got {channels!r}") from None
     if length < 1 or not chans or min(chans) < 1:
         raise EdgevitError("--length and --channels must be positive")
+    if json_out:
+        _check_output_file(json_out, "--json")
     with _progress() as progress:
         progress.add_task(f"timing the selective scan at L={length}", total=None)
         data = selective_scan_benchmark(length, chans, threads=threads)
@@ -775,11 +775,14 @@ def report(
     files: a table per file, one plot of all their rows)."""
     from .bench import report as rep
 
+    for path, flag, kind in ((output, "--output", "markdown"), (plot, "--plot", "png")):
+        if path is not None:
+            _check_output_file(path, flag, kind)
     runs = [rep.load_results(path) for path in results]  # every file checked before anything is written
     text = rep.markdown_runs([(str(path), data) for path, data in zip(results, runs)], compare_paper=compare_paper)
     typer.echo(text)
     if output:
-        _write_atomic(output, text)
+        _write_atomic(output, f"{text}\n{rep.REPORT_MARK}\n")
     if plot:
         console.print(f"plot written to {rep.plot(rep.merged_rows(runs), plot)}")
 

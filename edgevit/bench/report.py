@@ -123,6 +123,33 @@ def markdown(data: dict, compare_paper: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What marks a file edgevit wrote, per output kind, so that re-running a command replaces its own output and
+# never a user's file of the same name: the Markdown report ends with REPORT_MARK, the plot's PNG carries
+# PLOT_SOFTWARE in its "Software" text chunk, a results CSV starts with CSV_FIELDS, a results JSON has "results"
+# (bench), "profile" (profile) or "cases" (bench-scan).
+REPORT_MARK = "<!-- written by edgevit report -->"
+PLOT_SOFTWARE = "edgevit report"
+
+
+def written_by_edgevit(path: Path, kind: str) -> bool:
+    """Whether the existing file ``path`` is edgevit's own output of ``kind`` (json, csv, markdown, png)."""
+    try:
+        if kind == "png":
+            return PLOT_SOFTWARE.encode() in path.read_bytes()[:4096]
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    if kind == "csv":
+        return text.startswith(",".join(CSV_FIELDS[:2]) + ",")
+    if kind == "markdown":
+        return text.rstrip().endswith(REPORT_MARK)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and any(key in data for key in ("results", "profile", "cases"))
+
+
 def markdown_runs(runs: Sequence[tuple[str, dict]], compare_paper: bool = False) -> str:
     """:func:`markdown` of one run, or of several under a heading each (their path). Rows of different runs
     never share a table: each run has its own machine state, threads and timing protocol."""
@@ -163,7 +190,7 @@ def plot(data: dict, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=120, metadata={"Software": PLOT_SOFTWARE})
     plt.close(fig)
     tmp.replace(out)
     return out

@@ -187,6 +187,29 @@ def test_report_takes_several_runs_as_a_glob_gives_them(tmp_path: Path, monkeypa
     assert bad.exit_code != 0 and "missing.json" in bad.output and not (tmp_path / "r.md").exists()
 
 
+@pytest.mark.parametrize("flag, name", [("--output", "r.md"), ("--plot", "p.png"), ("--csv", "r.csv")])
+def test_outputs_replace_only_what_edgevit_wrote(tmp_path: Path, flag: str, name: str) -> None:
+    """A user's file under an output name is refused before anything runs; edgevit's own output of the last run
+    is replaced."""
+    results = tmp_path / "bench.json"
+    results.write_text(json.dumps(PAPER_RUN))
+    target = tmp_path / name
+    target.write_text("my notes")
+    command = ("bench", "--models", "nosuch") if flag == "--csv" else ("report", str(results))
+    res = invoke(*command, flag, str(target))
+    assert res.exit_code == 2 and "refusing to overwrite" in res.stderr, res.output
+    assert target.read_text() == "my notes"
+    if flag == "--csv":
+        target.write_text(report.to_csv(PAPER_RUN))
+        assert cli._check_output_file(target, "--csv", "csv") is None  # edgevit's CSV: replaceable
+        return
+    target.unlink()
+    for _ in range(2):  # the second run replaces the first run's file
+        res = invoke("report", str(results), flag, str(target))
+        assert res.exit_code == 0, res.output
+    assert target.stat().st_size > 0
+
+
 def test_runtimes_help_names_every_runtime_bench_accepts() -> None:
     """The --runtimes help is the only list a user sees; a runtime added to the table must appear in it."""
     import typing
