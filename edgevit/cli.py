@@ -694,7 +694,7 @@ def profile_cmd(
     table = Table(title=f"{rep.model} · {rep.runtime} ({rep.precision}) · {rep.input_size[0]}x{rep.input_size[1]} "
                         f"· batch {rep.batch} · {rep.threads or 'all'} threads · mean of {rep.calls} calls")
     columns = ("op", "kernel", *(("shapes",) if by_shape else ()), "ms/call", "share", "nodes", "MB/call", "GB/s",
-               "floor ms")
+               "GMAC/s", "floor ms")
     for col in columns:
         table.add_column(col, justify="left" if col in ("op", "kernel", "shapes") else "right")
     for t in rep.ops[:top]:
@@ -702,7 +702,8 @@ def profile_cmd(
         table.add_row(t.op, t.kernel, *((t.shapes,) if by_shape else ()), f"{t.ms:.2f}",
                       f"{t.ms / rep.op_ms:.1%}" if rep.op_ms else "—", str(t.nodes),
                       f"{t.bytes / 2**20:.1f}" if t.bytes else "—", f"{t.bytes / t.ms / 1e6:.1f}" if t.bytes and t.ms
-                      else "—", f"{floor:.2f}" if floor is not None else "—")
+                      else "—", f"{t.macs / t.ms / 1e6:.1f}" if t.macs and t.ms else "—",
+                      f"{floor:.2f}" if floor is not None else "—")
     console.print(table)
     rest = rep.ops[top:]
     if rest:
@@ -716,6 +717,11 @@ def profile_cmd(
               f"roof {rep.gemm_roof_gmacs_per_s:.0f} GMAC/s)" if rep.compute_floor_ms is not None else ""]
     if any(floors):
         console.print("; ".join(f for f in floors if f), highlight=False)
+    roofline = rep.roofline_floor_ms
+    if roofline:
+        console.print(f"roofline floor {roofline:.2f} ms (each row at the larger of its memory floor and its "
+                      f"{rep.executed_macs / 1e9:.2f} executed GMAC at the GEMM roof): the ops take "
+                      f"{rep.op_ms / roofline:.2f}x it", highlight=False)
     if json_out:
         _write_atomic(json_out, json.dumps({"profile": rep.to_dict()}, indent=2, default=str))
         console.print(f"profile written to {json_out}", highlight=False)

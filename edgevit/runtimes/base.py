@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +44,9 @@ class OpTime:
     also says which instruction set and precision really ran), ``ms`` per call, ``nodes`` executed per call,
     and ``bytes`` its nodes read and wrote per call where the runtime reports tensor sizes (ONNX Runtime:
     activations + parameters + outputs; 0 where it does not, e.g. OpenVINO): the traffic a memory roof bounds.
-    ``shapes`` (``"16x3136x16, 18496 -> 16x18496x16"``) when the profile is grouped by shape, else empty."""
+    ``shapes`` (``"16x3136x16, 18496 -> 16x18496x16"``) when the profile is grouped by shape, else empty.
+    ``macs`` per call: the multiply-accumulates its product nodes executed (:func:`product_macs`; 0 for other ops),
+    padding included (a tiled attention's masked keys, a blocked layout's padded channels): what the kernel ran."""
 
     op: str
     kernel: str
@@ -52,21 +54,54 @@ class OpTime:
     nodes: int
     bytes: float = 0.0
     shapes: str = ""
+    macs: float = 0.0
 
 
-def op_times(samples: Iterable[tuple[str, str, float, float, str]], calls: int) -> list[OpTime]:
-    """``(op, kernel, ms, bytes, shapes)`` samples of ``calls`` runs -> one :class:`OpTime` per (op, kernel,
+# Product ops by runtime name (ONNX Runtime's fused forms, OpenVINO's layer types): MACs follow from their shapes
+_MATRIX_PRODUCTS = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "FullyConnected"})
+_CONVOLUTIONS = frozenset({"Conv", "FusedConv", "Convolution"})  # weight (out, in / groups, *kernel)
+_GROUP_CONVOLUTIONS = frozenset({"GroupConvolution"})  # OpenVINO's weight (groups, out / g, in / g, *kernel)
+
+
+def product_macs(op: str, inputs: Sequence[Sequence[Dim]], outputs: Sequence[Sequence[Dim]]) -> int:
+    """Multiply-accumulates one node of a product op executes, from its input and output shapes (0 for any
+    other op, or where a dimension is unknown).
+
+    A matrix product's output has ``M x N`` per batch entry and its inner size ``K`` is the first input's other
+    dimension (so a transposed first input, e.g. ``FusedMatMul`` with ``transA``, counts right); a convolution
+    costs each output value its weight's receptive field (``in / groups x kernel``)."""
+    if not inputs or not outputs or len(inputs[0]) == 0 or len(outputs[0]) == 0:
+        return 0
+    out, first = outputs[0], inputs[0]
+    shapes = [out, first, *(inputs[1:2] if op not in _MATRIX_PRODUCTS else ())]
+    if not all(isinstance(d, int) for shape in shapes for d in shape):
+        return 0
+    if op in _MATRIX_PRODUCTS:
+        if len(first) == 1 or len(out) == 1:
+            inner = first[-1]
+        else:
+            inner = first[-1] if first[-2] == out[-2] else first[-2]
+        return int(np.prod(out, dtype=np.int64)) * int(inner)
+    if op in _CONVOLUTIONS | _GROUP_CONVOLUTIONS and len(inputs) > 1:
+        field_start = 2 if op in _GROUP_CONVOLUTIONS else 1
+        return int(np.prod(out, dtype=np.int64)) * int(np.prod(inputs[1][field_start:], dtype=np.int64))
+    return 0
+
+
+def op_times(samples: Iterable[tuple[str, str, float, float, str, int]], calls: int) -> list[OpTime]:
+    """``(op, kernel, ms, bytes, shapes, macs)`` samples of ``calls`` runs -> one :class:`OpTime` per (op, kernel,
     shapes), per-call means, slowest first (shared by every runtime's :meth:`Runner.op_profile`; ``shapes`` is
     empty for a profile per op kind)."""
     totals: dict[tuple[str, str, str], list[float]] = {}
-    for op, kernel, ms, nbytes, shapes in samples:
-        entry = totals.setdefault((op, kernel, shapes), [0.0, 0, 0.0])
+    for op, kernel, ms, nbytes, shapes, macs in samples:
+        entry = totals.setdefault((op, kernel, shapes), [0.0, 0, 0.0, 0.0])
         entry[0] += ms
         entry[1] += 1
         entry[2] += nbytes
+        entry[3] += macs
     n = max(calls, 1)
-    return sorted((OpTime(op, kernel, ms / n, round(count / n), nbytes / n, shapes)
-                   for (op, kernel, shapes), (ms, count, nbytes) in totals.items()), key=lambda t: -t.ms)
+    return sorted((OpTime(op, kernel, ms / n, round(count / n), nbytes / n, shapes, macs / n)
+                   for (op, kernel, shapes), (ms, count, nbytes, macs) in totals.items()), key=lambda t: -t.ms)
 
 
 def shapes_text(inputs: Iterable[Iterable[int | str]], outputs: Iterable[Iterable[int | str]]) -> str:

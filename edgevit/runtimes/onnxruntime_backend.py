@@ -12,7 +12,7 @@ import numpy as np
 
 from ..artifact import ArtifactMetadata
 from ..errors import ArtifactError, EdgevitError
-from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, shapes_text, stored_precision
+from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, product_macs, shapes_text, stored_precision
 from .denormals import caller_denormals
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
@@ -105,24 +105,27 @@ def _dims(shape: list) -> tuple[int | str, ...]:
 
 
 def ort_op_times(events: list[dict], calls: int, by_shape: bool = False) -> list[OpTime]:
-    """Per op type and provider (and node shapes, ``by_shape``): mean kernel milliseconds and bytes moved over
-    the last ``calls`` ``model_run`` events of an ONNX Runtime profile (its ``Node`` ``*_kernel_time`` events
-    inside those runs; bytes = the event's activation + parameter + output sizes)."""
+    """Per op type and provider (and node shapes, ``by_shape``): mean kernel milliseconds, bytes moved and product
+    MACs over the last ``calls`` ``model_run`` events of an ONNX Runtime profile (its ``Node`` ``*_kernel_time``
+    events inside those runs; bytes = the event's activation + parameter + output sizes; MACs from its shapes)."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-calls:]
     kernels = (e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
                and any(start <= e["ts"] <= end for start, end in runs))
-    return op_times(((e.get("args", {}).get("op_name", "?"), e.get("args", {}).get("provider", "?"), e["dur"] / 1000.0,
-                      _node_bytes(e.get("args", {})), _node_shapes(e.get("args", {})) if by_shape else "")
-                     for e in kernels), len(runs))
+
+    def sample(e: dict) -> tuple[str, str, float, float, str, int]:
+        args = e.get("args", {})
+        op = args.get("op_name", "?")
+        inputs, outputs = _node_dims(args, "input_type_shape"), _node_dims(args, "output_type_shape")
+        return (op, args.get("provider", "?"), e["dur"] / 1000.0, _node_bytes(args),
+                shapes_text(inputs, outputs) if by_shape else "", product_macs(op, inputs, outputs))
+
+    return op_times((sample(e) for e in kernels), len(runs))
 
 
-def _node_shapes(args: Mapping[str, object]) -> str:
-    """A kernel event's shapes: ONNX Runtime lists each input and output as ``{element type: dims}``."""
-    def dims(key: str) -> list[list[int]]:
-        entries = args.get(key) or []
-        return [next(iter(entry.values()), []) for entry in entries if isinstance(entry, dict)]
-
-    return shapes_text(dims("input_type_shape"), dims("output_type_shape"))
+def _node_dims(args: Mapping[str, object], key: str) -> list[list[int]]:
+    """A kernel event's input or output shapes: ONNX Runtime lists each as ``{element type: dims}``."""
+    entries = args.get(key) or []
+    return [next(iter(entry.values()), []) for entry in entries if isinstance(entry, dict)]
 
 
 def _node_bytes(args: Mapping[str, object]) -> float:

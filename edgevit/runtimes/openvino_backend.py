@@ -17,7 +17,7 @@ import numpy as np
 
 from ..artifact import ArtifactMetadata, read_manifest
 from ..errors import ArtifactError, EdgevitError
-from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, shapes_text, stored_precision
+from .base import OpTime, Runner, RunnerInfo, TensorSpec, op_times, product_macs, shapes_text, stored_precision
 
 # edgevit's precision names (fp32/fp16/bf16, as everywhere in edgevit) and OpenVINO's own spellings (aliases)
 # -> OpenVINO's INFERENCE_PRECISION_HINT values
@@ -94,13 +94,17 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         checked = self._check_feeds(feeds)
-        shapes = _layer_shapes(self.compiled) if by_shape else {}
-        samples: list[tuple[str, str, float, float, str]] = []  # OpenVINO's counters carry no tensor sizes
+        layers = _layer_shapes(self.compiled)
+        samples: list[tuple[str, str, float, float, str, int]] = []  # OpenVINO's counters carry no tensor sizes
         for _ in range(calls):
             self._run(checked)
-            samples += [(i.node_type, i.exec_type, i.real_time.total_seconds() * 1000.0, 0.0,
-                         shapes.get(i.node_name, "?") if by_shape else "")
-                        for i in self.request.get_profiling_info() if i.status == ov.ProfilingInfo.Status.EXECUTED]
+            for i in self.request.get_profiling_info():
+                if i.status != ov.ProfilingInfo.Status.EXECUTED:
+                    continue
+                inputs, outputs = layers.get(i.node_name, ([], []))
+                text = (shapes_text(inputs, outputs) if i.node_name in layers else "?") if by_shape else ""
+                samples.append((i.node_type, i.exec_type, i.real_time.total_seconds() * 1000.0, 0.0, text,
+                                product_macs(i.node_type, inputs, outputs)))
         return op_times(samples, calls)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -109,13 +113,13 @@ class OpenVinoRunner(Runner):
         return {spec.name: np.array(results[port]) for spec, port in zip(self.outputs, self.compiled.outputs)}
 
 
-def _layer_shapes(compiled: Any) -> dict[str, str]:
+def _layer_shapes(compiled: Any) -> dict[str, tuple[list[list[int | str]], list[list[int | str]]]]:
     """Input and output shapes of every layer of the compiled runtime model, by the name its counters use."""
     def dims(port: Any) -> list[int | str]:
         shape = port.get_partial_shape()
         return [d.get_length() if d.is_static else "?" for d in shape] if shape.rank.is_static else ["?"]
 
-    return {op.get_friendly_name(): shapes_text([dims(i) for i in op.inputs()], [dims(o) for o in op.outputs()])
+    return {op.get_friendly_name(): ([dims(i) for i in op.inputs()], [dims(o) for o in op.outputs()])
             for op in compiled.get_runtime_model().get_ordered_ops()}
 
 

@@ -14,7 +14,7 @@ from edgevit.bench.profile import ProfileReport, profile
 from edgevit.bench.roof import BandwidthPoint, bandwidth_at
 from edgevit.models import create_model
 from edgevit.models.counting import count_macs
-from edgevit.runtimes.base import OpTime
+from edgevit.runtimes.base import OpTime, product_macs
 from edgevit.errors import EdgevitError
 from edgevit.runtimes.onnxruntime_backend import ort_op_times
 from edgevit.verify import seeded_inputs
@@ -82,6 +82,47 @@ def test_memory_floor_uses_the_bandwidth_of_the_ops_own_size() -> None:
     assert conv is None and rep.memory_floor_ms == pytest.approx(where + add)
 
 
+def test_product_macs_follow_from_the_node_shapes() -> None:
+    # tiled attention logits: q (…, 49, 16) times k (…, 289, 16) transposed -> 49 x 289 per tile, inner 16
+    assert product_macs("FusedMatMul", [[16, 1, 64, 49, 16], [16, 1, 64, 289, 16]], [[16, 1, 64, 49, 289]]) == \
+        16 * 64 * 49 * 289 * 16
+    assert product_macs("MatMul", [[8, 7, 5], [5, 3]], [[8, 7, 3]]) == 8 * 7 * 3 * 5
+    assert product_macs("Gemm", [[5, 7], [5, 3]], [[7, 3]]) == 7 * 3 * 5  # transA: inner is A's other side
+    assert product_macs("FullyConnected", [[2, 10, 64], [32, 64]], [[2, 10, 32]]) == 2 * 10 * 32 * 64
+    assert product_macs("MatMul", [[6], [6, 4]], [[4]]) == 4 * 6  # vector times matrix
+    assert product_macs("Conv", [[2, 32, 9, 9], [64, 32, 3, 3], [64]], [[2, 64, 9, 9]]) == 2 * 64 * 81 * 32 * 9
+    assert product_macs("Conv", [[2, 32, 9, 9], [32, 1, 5, 5]], [[2, 32, 9, 9]]) == 2 * 32 * 81 * 25  # depth-wise
+    assert product_macs("GroupConvolution", [[2, 32, 9, 9], [32, 1, 1, 3, 3]], [[2, 32, 9, 9]]) == 2 * 32 * 81 * 9
+    assert product_macs("Add", [[2, 8], [2, 8]], [[2, 8]]) == 0
+    assert product_macs("MatMul", [["batch", 7, 5], [5, 3]], [["batch", 7, 3]]) == 0  # unknown size: not guessed
+
+
+def test_onnxruntime_profile_counts_the_models_macs_in_its_product_nodes() -> None:
+    # emsnet-xxtiny's graph has no padded products: the MACs its nodes executed are the model's count (the
+    # counter counts products only, within 0.2 %: ONNX Runtime's blocked layout pads a few channel counts)
+    rep = profile("emsnet-xxtiny", "onnxruntime", input_size=SIZE, threads=1, calls=2, warmup=1)
+    assert rep.macs and rep.executed_macs == pytest.approx(rep.macs, rel=2e-3)
+    assert {t.op for t in rep.ops if t.macs} >= {"Conv", "MatMul"}
+
+
+def test_roofline_floor_takes_each_rows_larger_floor_and_views_move_nothing() -> None:
+    curve = [BandwidthPoint(1.0, 10.0)]
+    conv = OpTime("Conv", "cpu", 5.0, 1, 1e6, macs=2e9)  # 0.1 ms of traffic, 20 ms of arithmetic at 100 GMAC/s
+    add = OpTime("Add", "cpu", 1.0, 1, 3e6)  # 0.3 ms of traffic
+    view = OpTime("Reshape", "cpu", 0.01, 4, 8e6)  # aliases its input: no traffic floor
+    rep = ProfileReport(MODEL, "onnxruntime", "fp32", SIZE, 1, 1, 1, 1.0, bandwidth=curve, gemm_roof_gmacs_per_s=100.0,
+                        ops=[conv, add, view])
+    assert rep.compute_ms(conv) == pytest.approx(20.0) and rep.memory_ms(conv) == pytest.approx(0.1)
+    assert rep.floor_ms(conv) == pytest.approx(20.0) and rep.floor_ms(add) == pytest.approx(0.3)
+    assert rep.memory_ms(view) == 0.0 and rep.compute_ms(add) is None
+    assert rep.roofline_floor_ms == pytest.approx(20.3) and rep.memory_floor_ms == pytest.approx(0.4)
+    assert rep.executed_macs == 2e9
+    no_sizes = ProfileReport(MODEL, "openvino:f32", "fp32", SIZE, 1, 1, 1, 1.0, gemm_roof_gmacs_per_s=100.0,
+                             ops=[OpTime("Convolution", "x", 5.0, 1, macs=2e9), OpTime("Add", "x", 1.0, 1)])
+    assert no_sizes.floor_ms(no_sizes.ops[0]) == pytest.approx(20.0)  # a product's compute floor needs no sizes
+    assert no_sizes.roofline_floor_ms is None  # without every row's traffic there is no whole-graph floor
+
+
 def test_openvino_profile_names_the_f32_kernels_that_ran() -> None:
     pytest.importorskip("openvino")
     rep = profile(MODEL, "openvino:f32", input_size=SIZE, threads=1, calls=3, warmup=1)
@@ -89,6 +130,8 @@ def test_openvino_profile_names_the_f32_kernels_that_ran() -> None:
     assert convs and all(t.kernel.endswith("_f32") for t in convs)  # f32 asked, f32 ran (no silent bf16)
     assert 0 < rep.op_ms <= rep.wall_ms and rep.runtime == "openvino:f32"
     assert rep.memory_floor_ms is None and rep.bandwidth == []  # OpenVINO's counters carry no tensor sizes
+    assert rep.macs and rep.executed_macs == pytest.approx(rep.macs, rel=0.01)  # MACs from the layers' shapes
+    assert rep.roofline_floor_ms is None
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino:f32"])
@@ -120,8 +163,10 @@ def test_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
                                           "--top", "3", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "ms/call" in result.output and "more op kinds" in result.output
+    assert "GMAC/s" in result.output and "roofline floor" in result.output
     data = json.loads(out.read_text())["profile"]
     assert data["model"] == MODEL and sum(op["share"] for op in data["ops"]) == pytest.approx(1.0)
+    assert data["roofline_floor_ms"] == pytest.approx(sum(op["floor_ms"] for op in data["ops"]))
     user = tmp_path / "user.json"
     user.write_text('{"mine": 1}')
     refused = CliRunner().invoke(cli.app, ["profile", MODEL, "--input-size", "64", "--json", str(user)])
