@@ -73,9 +73,13 @@ class ProfileReport:
 
     def compute_ms(self, t: OpTime) -> float | None:
         """Milliseconds ``t``'s executed MACs take at the measured GEMM roof (None: no product op or no roof)."""
-        if not t.macs or not self.gemm_roof_gmacs_per_s:
+        return self._at_gemm_roof(t.macs)
+
+    def _at_gemm_roof(self, macs: float | None) -> float | None:
+        """Milliseconds ``macs`` take at the measured GEMM roof (None: no MACs or no roof)."""
+        if not macs or not self.gemm_roof_gmacs_per_s:
             return None
-        return t.macs / (self.gemm_roof_gmacs_per_s * 1e9) * 1000.0
+        return macs / (self.gemm_roof_gmacs_per_s * 1e9) * 1000.0
 
     def floor_ms(self, t: OpTime) -> float | None:
         """``t``'s roofline floor: the larger of its memory and compute floors (None where neither is known)."""
@@ -90,9 +94,7 @@ class ProfileReport:
     @property
     def compute_floor_ms(self) -> float | None:
         """The model's MACs (as counted for it, without any padding the graph executes) at the GEMM roof."""
-        if not self.macs or not self.gemm_roof_gmacs_per_s:
-            return None
-        return self.macs / (self.gemm_roof_gmacs_per_s * 1e9) * 1000.0
+        return self._at_gemm_roof(self.macs)
 
     @property
     def executed_macs(self) -> float:
